@@ -1,0 +1,830 @@
+//! The broker's shared state and the operations connections perform on it:
+//! attaching sessions, routing publishes, subscribing, and ending sessions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::acl::Acl;
+use crate::auth::{AuthError, PasswordFile};
+use crate::commit::{GroupCommit, SyncFailed};
+use crate::config::{Config, Durability};
+use crate::hooks::{ClientInfo, ConfigHooks, Event, Hooks};
+use crate::message::{unix_now, Message};
+use crate::metrics::Metrics;
+use crate::router::{Matched, Router, SubOptions};
+use crate::session::{Delivery, Session, SessionLimits};
+use crate::store::{QueueRecord, SessionRecord, SledStore, Store, StoreError};
+use crate::topic::{self, TopicLimits};
+
+/// A failure starting or running the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The password file could not be used.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A sync failed, so acknowledgements cannot be given.
+    #[error(transparent)]
+    Sync(#[from] SyncFailed),
+}
+
+/// Asks an attached connection to leave; it answers on the enclosed sender
+/// once it has detached.
+pub(crate) type Kick = oneshot::Sender<()>;
+
+/// A session shared between the registry, the router and its connection.
+pub struct SessionHandle {
+    /// Client id.
+    pub client_id: Arc<str>,
+    /// The state machine.
+    pub state: Mutex<Session>,
+    /// Wakes the attached connection when deliveries are queued.
+    pub notify: Notify,
+    kick: Mutex<Option<mpsc::Sender<Kick>>>,
+    will: Mutex<Option<PendingWill>>,
+}
+
+/// Shared reference to a session.
+pub type SessionRef = Arc<SessionHandle>;
+
+struct PendingWill {
+    generation: u64,
+    client: ClientInfo,
+    msg: Message,
+}
+
+/// A newly attached session, as returned by [`Broker::attach`].
+pub struct Attached {
+    /// The session.
+    pub session: SessionRef,
+    /// An earlier session was resumed.
+    pub session_present: bool,
+    /// This attachment's generation.
+    pub generation: u64,
+    /// Receives a takeover request.
+    pub kick: mpsc::Receiver<Kick>,
+}
+
+/// Result of routing one publish.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Routed {
+    /// Sessions the message was delivered or queued to.
+    pub matched: usize,
+    /// Something was written that must be durable before acknowledging.
+    pub wrote: bool,
+}
+
+/// The broker.
+pub struct Broker {
+    pub(crate) config: Config,
+    store: Arc<dyn Store>,
+    commit: Arc<GroupCommit>,
+    router: RwLock<Router<SessionRef>>,
+    sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
+    retained: RwLock<HashMap<String, Arc<Message>>>,
+    refs: Mutex<HashMap<u64, u32>>,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    events: broadcast::Sender<Event>,
+    /// Counters.
+    pub metrics: Metrics,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) connections: AtomicUsize,
+}
+
+impl Broker {
+    /// Opens the store in `config.data_dir`, restores sessions and retained
+    /// messages, and uses hooks built from the configuration.
+    pub fn open(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let passwords = match &config.auth.password_file {
+            Some(p) => Some(PasswordFile::load(p)?),
+            None => None,
+        };
+        let hooks = Arc::new(ConfigHooks::new(
+            config.auth.allow_anonymous,
+            passwords,
+            Acl::new(&config.acl),
+        ));
+        Self::open_with_hooks(config, hooks)
+    }
+
+    /// Like [`Broker::open`] with the embedder's hooks.
+    pub fn open_with_hooks(
+        config: Config,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let commit = GroupCommit::start(store.clone());
+        let (events, _) = broadcast::channel(4096);
+        let (shutdown, _) = watch::channel(false);
+        let broker = Arc::new(Broker {
+            config,
+            store,
+            commit,
+            router: RwLock::default(),
+            sessions: Mutex::default(),
+            retained: RwLock::default(),
+            refs: Mutex::default(),
+            hooks,
+            events,
+            metrics: Metrics::default(),
+            shutdown,
+            connections: AtomicUsize::new(0),
+        });
+        broker.restore()?;
+        if broker.config.durability == Durability::Periodic {
+            let b = Arc::downgrade(&broker);
+            let every = Duration::from_millis(broker.config.flush_interval_ms);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let Some(b) = b.upgrade() else { return };
+                    let _ = b.commit.durable().await;
+                }
+            });
+        }
+        Ok(broker)
+    }
+
+    fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_messages: self.config.limits.max_queued_messages,
+            max_bytes: self.config.limits.max_queued_bytes,
+        }
+    }
+
+    /// Topic limits from the configuration.
+    pub fn topic_limits(&self) -> TopicLimits {
+        TopicLimits {
+            max_len: self.config.limits.max_topic_length,
+            max_levels: self.config.limits.max_topic_levels,
+        }
+    }
+
+    fn new_handle(&self, session: Session) -> SessionRef {
+        Arc::new(SessionHandle {
+            client_id: session.client_id.clone(),
+            state: Mutex::new(session),
+            notify: Notify::new(),
+            kick: Mutex::new(None),
+            will: Mutex::new(None),
+        })
+    }
+
+    /// Loads retained messages and persistent sessions with their queues;
+    /// deletes stored messages no queue refers to any more.
+    fn restore(self: &Arc<Self>) -> Result<(), BrokerError> {
+        {
+            let mut retained = self.retained.write();
+            for m in self.store.load_retained()? {
+                retained.insert(m.topic.clone(), Arc::new(m));
+            }
+        }
+        let now = unix_now();
+        let mut refs: HashMap<u64, u32> = HashMap::new();
+        let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
+        let limits = self.session_limits();
+        let records = self.store.load_sessions()?;
+        let count = records.len();
+        for rec in records {
+            let cid: Arc<str> = rec.client_id.as_str().into();
+            let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
+            s.subscriptions = rec.subscriptions.iter().cloned().collect();
+            for (seq, q) in self.store.read_after(rec.log, 0, usize::MAX)? {
+                let msg = match bodies.get(&q.msg_id) {
+                    Some(m) => m.clone(),
+                    None => match self.store.get_message(q.msg_id)? {
+                        Some(m) => {
+                            let m = Arc::new(m);
+                            bodies.insert(q.msg_id, m.clone());
+                            m
+                        }
+                        None => {
+                            tracing::warn!(client_id = %cid, seq, "queue entry without message; dropped");
+                            self.store.remove_entry(rec.log, seq)?;
+                            continue;
+                        }
+                    },
+                };
+                *refs.entry(q.msg_id).or_default() += 1;
+                let d = Delivery {
+                    seq,
+                    msg_id: q.msg_id,
+                    msg,
+                    qos: q.qos,
+                    retain: q.retain,
+                    sub_ids: q.sub_ids,
+                };
+                s.restore(d, q.pkid, q.released);
+            }
+            let handle = self.new_handle(s);
+            {
+                let mut router = self.router.write();
+                for (raw, opts) in &rec.subscriptions {
+                    if let Ok(p) = topic::parse_filter(raw, self.topic_limits()) {
+                        router.insert(&cid, p.group, p.filter, handle.clone(), *opts);
+                    }
+                }
+            }
+            self.sessions.lock().insert(cid, handle.clone());
+            // A record without a disconnect time was live at a crash.
+            let since = rec.disconnected_at.unwrap_or(now);
+            self.schedule_expiry(&handle, 0, rec.expiry_secs, now.saturating_sub(since));
+        }
+        for id in self.store.message_ids()? {
+            if !refs.contains_key(&id) {
+                self.store.delete_message(id)?;
+            }
+        }
+        let queued: u32 = refs.values().sum();
+        *self.refs.lock() = refs;
+        self.store.sync()?;
+        tracing::info!(
+            sessions = count,
+            queued,
+            retained = self.retained.read().len(),
+            "store restored"
+        );
+        Ok(())
+    }
+
+    /// Subscribes to broker events. Slow receivers miss events (lagged)
+    /// rather than slow the broker down.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// Waits until everything written so far is durable.
+    pub async fn durable(&self) -> Result<(), SyncFailed> {
+        self.commit.durable().await
+    }
+
+    /// True when acknowledgements must wait for a sync.
+    pub(crate) fn sync_acks(&self) -> bool {
+        self.config.durability == Durability::Fsync
+    }
+
+    /// Number of fsyncs performed so far.
+    pub fn syncs(&self) -> u64 {
+        self.commit.syncs()
+    }
+
+    /// Number of sessions (online and offline).
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Asks every connection to close and stops accepting; returns once the
+    /// store is flushed.
+    pub async fn shutdown(&self) -> Result<(), SyncFailed> {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.commit.durable().await
+    }
+
+    /// A receiver that turns true when the broker shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    fn session_record(&self, s: &Session, disconnected_at: Option<u64>) -> SessionRecord {
+        let mut subscriptions: Vec<(String, SubOptions)> = s
+            .subscriptions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        SessionRecord {
+            client_id: s.client_id.to_string(),
+            log: s.log,
+            expiry_secs: s.expiry_secs,
+            disconnected_at,
+            subscriptions,
+        }
+    }
+
+    /// Writes a persistent session's record.
+    pub(crate) fn save_session(&self, s: &Session, disconnected_at: Option<u64>) {
+        if !s.persistent() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .put_session(&self.session_record(s, disconnected_at))
+        {
+            self.store_error(&e);
+        }
+    }
+
+    fn store_error(&self, e: &StoreError) {
+        Metrics::inc(&self.metrics.store_errors);
+        tracing::error!(error = %e, "store write failed");
+    }
+
+    /// Attaches a connection to the session of `client_id`, taking it over
+    /// from another connection if needed. `clean_start` discards any earlier
+    /// session.
+    pub async fn attach(
+        self: &Arc<Self>,
+        client_id: &str,
+        clean_start: bool,
+        expiry_secs: u32,
+    ) -> Result<Attached, BrokerError> {
+        // Take over: ask the attached connection to leave and wait for it.
+        let existing = self.sessions.lock().get(client_id).cloned();
+        if let Some(h) = &existing {
+            let kick = h.kick.lock().take();
+            if let Some(k) = kick {
+                let (tx, rx) = oneshot::channel();
+                if k.send(tx).await.is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+                }
+            }
+        }
+        let mut registry = self.sessions.lock();
+        let existing = registry.get(client_id).cloned();
+        let (handle, present) = match existing {
+            Some(h) if !clean_start => (h, true),
+            other => {
+                if let Some(old) = other {
+                    drop(registry);
+                    self.destroy(&old, false);
+                    registry = self.sessions.lock();
+                }
+                let log = self.store.next_id()?;
+                let cid: Arc<str> = client_id.into();
+                let h = self.new_handle(Session::new(
+                    cid.clone(),
+                    log,
+                    expiry_secs,
+                    self.session_limits(),
+                ));
+                registry.insert(cid, h.clone());
+                (h, false)
+            }
+        };
+        drop(registry);
+        let (tx, rx) = mpsc::channel(1);
+        *handle.kick.lock() = Some(tx);
+        // Reconnecting cancels a pending (delayed) will.
+        handle.will.lock().take();
+        let generation = {
+            let mut s = handle.state.lock();
+            s.online = true;
+            s.generation += 1;
+            let was_persistent = s.persistent();
+            s.expiry_secs = expiry_secs;
+            if s.persistent() {
+                self.save_session(&s, None);
+            } else if was_persistent {
+                // Resumed with expiry 0: it ends with this connection.
+                if let Err(e) = self.store.delete_session(&s.client_id, s.log) {
+                    self.store_error(&e);
+                }
+            }
+            s.generation
+        };
+        Ok(Attached {
+            session: handle,
+            session_present: present,
+            generation,
+            kick: rx,
+        })
+    }
+
+    /// Detaches a connection from its session. Ends the session if its
+    /// expiry is 0, otherwise starts its expiry timer.
+    pub(crate) fn detach(self: &Arc<Self>, handle: &SessionRef, generation: u64) {
+        let (expiry, current) = {
+            let mut s = handle.state.lock();
+            if s.generation != generation {
+                return;
+            }
+            s.online = false;
+            s.drop_qos0();
+            (s.expiry_secs, s.generation)
+        };
+        {
+            let mut k = handle.kick.lock();
+            if k.as_ref().is_some_and(|k| k.is_closed()) {
+                *k = None;
+            }
+        }
+        if expiry == 0 {
+            self.destroy(handle, true);
+        } else {
+            self.save_session(&handle.state.lock(), Some(unix_now()));
+            self.schedule_expiry(handle, current, expiry, 0);
+        }
+    }
+
+    fn schedule_expiry(
+        self: &Arc<Self>,
+        handle: &SessionRef,
+        generation: u64,
+        expiry: u32,
+        elapsed: u64,
+    ) {
+        if expiry == u32::MAX {
+            return;
+        }
+        let wait = (expiry as u64).saturating_sub(elapsed);
+        let me = Arc::downgrade(self);
+        let h = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let Some(b) = me.upgrade() else { return };
+            let stale = {
+                let s = h.state.lock();
+                s.online || s.generation != generation
+            };
+            if !stale {
+                tracing::debug!(client_id = %h.client_id, "session expired");
+                b.destroy(&h, true);
+            }
+        });
+    }
+
+    /// Ends a session: unsubscribes it, releases its queued messages,
+    /// deletes it from the store, and sends a pending will.
+    pub(crate) fn destroy(self: &Arc<Self>, handle: &SessionRef, send_will: bool) {
+        {
+            let mut reg = self.sessions.lock();
+            if reg
+                .get(&handle.client_id)
+                .is_some_and(|h| Arc::ptr_eq(h, handle))
+            {
+                reg.remove(&handle.client_id);
+            }
+        }
+        let (subs, deliveries, log, persistent) = {
+            let mut s = handle.state.lock();
+            let subs: Vec<String> = s.subscriptions.drain().map(|(k, _)| k).collect();
+            (subs, s.drain(), s.log, s.persistent())
+        };
+        {
+            let mut router = self.router.write();
+            for raw in &subs {
+                if let Ok(p) = topic::parse_filter(raw, self.topic_limits()) {
+                    router.remove(&handle.client_id, p.group, p.filter);
+                }
+            }
+        }
+        for d in &deliveries {
+            self.unref(d.msg_id);
+        }
+        // The log is dropped whole, so entries need no separate removal.
+        if persistent || !deliveries.is_empty() {
+            if let Err(e) = self.store.delete_session(&handle.client_id, log) {
+                self.store_error(&e);
+            }
+        }
+        let will = handle.will.lock().take();
+        if let (true, Some(w)) = (send_will, will) {
+            self.publish_will(&w.client, w.msg);
+        }
+    }
+
+    /// Sets the will to send after `delay` seconds unless the session is
+    /// resumed first, or at once if the session ends sooner.
+    pub(crate) fn schedule_will(
+        self: &Arc<Self>,
+        handle: &SessionRef,
+        generation: u64,
+        client: ClientInfo,
+        msg: Message,
+        delay: u32,
+    ) {
+        if delay == 0 {
+            self.publish_will(&client, msg);
+            return;
+        }
+        *handle.will.lock() = Some(PendingWill {
+            generation,
+            client,
+            msg,
+        });
+        let me = Arc::downgrade(self);
+        let h = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(delay as u64)).await;
+            let Some(b) = me.upgrade() else { return };
+            let w = {
+                let mut slot = h.will.lock();
+                match slot.as_ref() {
+                    Some(w) if w.generation == generation => slot.take(),
+                    _ => None,
+                }
+            };
+            if let Some(w) = w {
+                b.publish_will(&w.client, w.msg);
+            }
+        });
+    }
+
+    fn publish_will(self: &Arc<Self>, client: &ClientInfo, msg: Message) {
+        if !self.hooks.authorize_publish(client, &msg.topic) {
+            Metrics::inc(&self.metrics.acl_denied);
+            tracing::warn!(client_id = %client.client_id, topic = %msg.topic, "will denied by ACL");
+            return;
+        }
+        tracing::debug!(client_id = %client.client_id, topic = %msg.topic, "publishing will");
+        if let Err(e) = self.publish(Some(&client.client_id), msg) {
+            self.store_error(&e);
+        }
+    }
+
+    /// Routes a message to every matching session and updates the retained
+    /// store. Writes to the store as needed; the caller makes them durable
+    /// (see [`Routed::wrote`]) before acknowledging.
+    pub fn publish(&self, origin: Option<&str>, msg: Message) -> Result<Routed, StoreError> {
+        let mut routed = Routed::default();
+        if msg.retain {
+            if msg.payload.is_empty() {
+                self.retained.write().remove(&msg.topic);
+                self.store.delete_retained(&msg.topic)?;
+            } else {
+                self.store.put_retained(&msg)?;
+                self.retained
+                    .write()
+                    .insert(msg.topic.clone(), Arc::new(msg.clone()));
+            }
+            routed.wrote = true;
+        }
+        let mut matched: Vec<Matched<SessionRef>> = Vec::new();
+        self.router
+            .read()
+            .matches(&msg.topic, |h| h.state.lock().online, &mut matched);
+        if matched.is_empty() {
+            return Ok(routed);
+        }
+        // One delivery per session: highest QoS, all subscription ids.
+        matched.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        let msg = Arc::new(msg);
+        let mut msg_id = 0u64;
+        let mut i = 0;
+        while i < matched.len() {
+            let mut j = i + 1;
+            while j < matched.len() && matched[j].client_id == matched[i].client_id {
+                j += 1;
+            }
+            let group = &matched[i..j];
+            i = j;
+            let own = origin.is_some_and(|o| o == &*group[0].client_id);
+            let mut qos = None;
+            let mut rap = false;
+            let mut sub_ids = Vec::new();
+            for m in group {
+                if own && m.opts.no_local {
+                    continue;
+                }
+                qos = Some(qos.unwrap_or(0).max(m.opts.qos));
+                rap |= m.opts.retain_as_published;
+                sub_ids.extend(m.opts.id);
+            }
+            let Some(sub_qos) = qos else { continue };
+            let qos = sub_qos.min(msg.qos);
+            let handle = &group[0].session;
+            if self.enqueue(handle, &msg, &mut msg_id, qos, msg.retain && rap, sub_ids)? {
+                routed.matched += 1;
+            }
+        }
+        if msg_id != 0 {
+            routed.wrote = true;
+        }
+        Ok(routed)
+    }
+
+    /// Queues one delivery for a session. Returns false if it was dropped.
+    fn enqueue(
+        &self,
+        handle: &SessionRef,
+        msg: &Arc<Message>,
+        msg_id: &mut u64,
+        qos: u8,
+        retain: bool,
+        sub_ids: Vec<u32>,
+    ) -> Result<bool, StoreError> {
+        let mut s = handle.state.lock();
+        if !s.online && qos == 0 {
+            Metrics::inc(&self.metrics.dropped_offline_qos0);
+            return Ok(false);
+        }
+        if let Err(full) = s.has_room(msg.cost()) {
+            Metrics::inc(&self.metrics.dropped_queue_full);
+            tracing::warn!(client_id = %s.client_id, topic = %msg.topic, reason = %full, "delivery dropped");
+            return Ok(false);
+        }
+        let seq = s.take_seq();
+        let stored = s.persistent() && qos > 0;
+        if stored {
+            if *msg_id == 0 {
+                *msg_id = self.store.next_id()?;
+                self.store.put_message(*msg_id, msg)?;
+            }
+            *self.refs.lock().entry(*msg_id).or_default() += 1;
+            let rec = QueueRecord {
+                msg_id: *msg_id,
+                qos,
+                retain,
+                sub_ids: sub_ids.clone(),
+                pkid: 0,
+                released: false,
+            };
+            self.store.put_entry(s.log, seq, &rec)?;
+        }
+        s.push(Delivery {
+            seq,
+            msg_id: if stored { *msg_id } else { 0 },
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids,
+        });
+        let online = s.online;
+        let queued = s.queued();
+        drop(s);
+        if online {
+            handle.notify.notify_one();
+        } else {
+            self.emit(Event::QueuedOffline {
+                client_id: handle.client_id.clone(),
+                topic: msg.topic.clone(),
+                queued,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Drops one reference to a stored message, deleting it at zero.
+    fn unref(&self, msg_id: u64) {
+        if msg_id == 0 {
+            return;
+        }
+        let last = {
+            let mut refs = self.refs.lock();
+            match refs.get_mut(&msg_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    refs.remove(&msg_id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            if let Err(e) = self.store.delete_message(msg_id) {
+                self.store_error(&e);
+            }
+        }
+    }
+
+    /// A delivery is finished (acknowledged, expired or dropped): removes
+    /// its queue entry and releases its message.
+    pub(crate) fn complete(&self, log: u64, d: &Delivery) {
+        if d.msg_id == 0 {
+            return;
+        }
+        if let Err(e) = self.store.remove_entry(log, d.seq) {
+            self.store_error(&e);
+        }
+        self.unref(d.msg_id);
+    }
+
+    /// Records the packet id (and QoS 2 state) of a sent delivery, so it is
+    /// re-sent as a duplicate after a restart.
+    pub(crate) fn mark_sent(&self, log: u64, d: &Delivery, pkid: u16, released: bool) {
+        if d.msg_id == 0 {
+            return;
+        }
+        let rec = QueueRecord {
+            msg_id: d.msg_id,
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone(),
+            pkid,
+            released,
+        };
+        if let Err(e) = self.store.put_entry(log, d.seq, &rec) {
+            self.store_error(&e);
+        }
+    }
+
+    /// Adds a subscription. Returns the retained messages it should receive.
+    pub(crate) fn subscribe(
+        &self,
+        handle: &SessionRef,
+        raw: &str,
+        group: Option<&str>,
+        filter: &str,
+        opts: SubOptions,
+        retain_handling: u8,
+    ) -> Vec<Arc<Message>> {
+        // Lock order: the router is never locked while a session is, because
+        // routing locks sessions while holding the router.
+        self.router
+            .write()
+            .insert(&handle.client_id, group, filter, handle.clone(), opts);
+        let new = {
+            let mut s = handle.state.lock();
+            let new = s.subscriptions.insert(raw.to_owned(), opts).is_none();
+            self.save_session(&s, None);
+            new
+        };
+        // Shared subscriptions never get retained messages.
+        let send = group.is_none() && (retain_handling == 0 || (retain_handling == 1 && new));
+        if !send {
+            return Vec::new();
+        }
+        let now = unix_now();
+        self.retained
+            .read()
+            .values()
+            .filter(|m| topic::matches(filter, &m.topic) && !m.expired(now))
+            .cloned()
+            .collect()
+    }
+
+    /// Removes a subscription. True if it existed.
+    pub(crate) fn unsubscribe(&self, handle: &SessionRef, raw: &str) -> bool {
+        {
+            let mut s = handle.state.lock();
+            if s.subscriptions.remove(raw).is_none() {
+                return false;
+            }
+            self.save_session(&s, None);
+        }
+        if let Ok(p) = topic::parse_filter(raw, self.topic_limits()) {
+            self.router
+                .write()
+                .remove(&handle.client_id, p.group, p.filter);
+        }
+        true
+    }
+
+    /// Queues retained messages for a new subscription (QoS capped at the
+    /// granted QoS). Returns true if something was written to the store.
+    pub(crate) fn deliver_retained(
+        &self,
+        handle: &SessionRef,
+        msgs: Vec<Arc<Message>>,
+        granted: u8,
+        sub_id: Option<u32>,
+    ) -> bool {
+        let mut wrote = false;
+        for m in msgs {
+            let mut id = 0;
+            let qos = m.qos.min(granted);
+            match self.enqueue(handle, &m, &mut id, qos, true, sub_id.into_iter().collect()) {
+                Ok(_) => wrote |= id != 0,
+                Err(e) => self.store_error(&e),
+            }
+        }
+        wrote
+    }
+
+    /// Counts a new connection against `max_connections`; false if full.
+    pub(crate) fn try_admit(&self) -> bool {
+        let max = self.config.limits.max_connections;
+        let mut cur = self.connections.load(Ordering::Acquire);
+        loop {
+            if cur >= max {
+                return false;
+            }
+            match self.connections.compare_exchange(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Releases a connection slot.
+    pub(crate) fn release_slot(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,306 @@
+//! Broker configuration, read from TOML (`config/courier.toml` documents
+//! every option). Every field has a default, so an empty file is valid.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Network listeners; any number of each kind.
+    pub listeners: Vec<ListenerConfig>,
+    /// When a PUBACK/PUBREC may be sent for a message that must survive.
+    pub durability: Durability,
+    /// In `periodic` mode, how often the store is flushed (the loss window).
+    pub flush_interval_ms: u64,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Authorization rules.
+    pub acl: AclConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            listeners: vec![ListenerConfig {
+                kind: ListenerKind::Tcp,
+                bind: "0.0.0.0:1883".into(),
+                cert: None,
+                key: None,
+            }],
+            durability: Durability::Fsync,
+            flush_interval_ms: 100,
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            acl: AclConfig::default(),
+        }
+    }
+}
+
+/// Durability mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge only after the store has been fsynced (group commit).
+    Fsync,
+    /// Acknowledge at once; flush every `flush_interval_ms`. A crash may lose
+    /// what was acknowledged in the last interval.
+    Periodic,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Transport.
+    pub kind: ListenerKind,
+    /// Address to bind, `host:port`.
+    pub bind: String,
+    /// PEM certificate chain, for `tls` and `wss`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key, for `tls` and `wss`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// Listener transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (subprotocol `mqtt`).
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+/// Protocol and resource limits. Exceeding one is never silent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted or sent, in bytes (fixed header included).
+    pub max_packet_size: u32,
+    /// Messages queued per session (offline or waiting for in-flight room).
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session.
+    pub max_queued_bytes: u64,
+    /// Unacknowledged QoS 1/2 messages per direction per connection
+    /// (the receive maximum the broker announces and the cap it applies).
+    pub max_inflight: u16,
+    /// Concurrent client connections.
+    pub max_connections: usize,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Upper bound on session expiry, seconds; 0 means no bound.
+    pub max_session_expiry_secs: u32,
+    /// Upper bound on keep-alive, seconds; a larger client value is lowered
+    /// (5.0: announced as server keep alive). 0 means no bound.
+    pub max_keep_alive_secs: u16,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Topic aliases a 5.0 client may use towards the broker.
+    pub topic_alias_max: u16,
+    /// Subscriptions per session.
+    pub max_subscriptions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_inflight: 100,
+            max_connections: 100_000,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_session_expiry_secs: 0,
+            max_keep_alive_secs: 0,
+            connect_timeout_secs: 10,
+            topic_alias_max: 64,
+            max_subscriptions: 1000,
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept clients that send no username.
+    pub allow_anonymous: bool,
+    /// Password file written by `courier passwd`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: None,
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Permit the action.
+    Allow,
+    /// Refuse the action.
+    Deny,
+}
+
+/// What an ACL rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclAction {
+    /// PUBLISH (and will messages).
+    Publish,
+    /// SUBSCRIBE.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// Authorization: rules are tried in order, the first match decides;
+/// `default` decides when none matches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AclConfig {
+    /// Decision when no rule matches.
+    pub default: Permission,
+    /// Ordered rules.
+    pub rules: Vec<AclRule>,
+}
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        AclConfig {
+            default: Permission::Allow,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One ACL rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Publish, subscribe or all.
+    pub action: AclAction,
+    /// Topic filter; `%u` is replaced by the username, `%c` by the client id.
+    pub topic: String,
+    /// Apply only to this username.
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_packet_size < 64 {
+            return Err(ConfigError::Invalid("limits.max_packet_size < 64".into()));
+        }
+        if l.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_inflight must be > 0".into(),
+            ));
+        }
+        if l.max_topic_levels == 0 || l.max_topic_length == 0 {
+            return Err(ConfigError::Invalid("topic limits must be > 0".into()));
+        }
+        for lst in &self.listeners {
+            let tls = matches!(lst.kind, ListenerKind::Tls | ListenerKind::Wss);
+            if tls && (lst.cert.is_none() || lst.key.is_none()) {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {} needs cert and key",
+                    lst.bind
+                )));
+            }
+        }
+        if self.durability == Durability::Periodic && self.flush_interval_ms == 0 {
+            return Err(ConfigError::Invalid("flush_interval_ms must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/courier.toml");
+        let cfg = Config::load(&path).expect("config/courier.toml is valid");
+        assert_eq!(cfg.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn empty_is_default() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.limits.max_inflight, 100);
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,1103 @@
+//! One client connection: reads packets, applies them to the session and the
+//! broker, and writes what the session has to send. Transport-agnostic (TCP,
+//! TLS and WebSocket all implement [`Transport`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, Kick, SessionRef};
+use crate::codec::{self, *};
+use crate::hooks::{AuthDecision, ClientInfo, Event};
+use crate::message::{unix_now, Message, MessageProps};
+use crate::metrics::Metrics;
+use crate::router::SubOptions;
+use crate::session::{Delivery, Next};
+use crate::topic;
+
+/// A byte stream carrying MQTT packets.
+pub trait Transport: Send + 'static {
+    /// Appends received bytes to `buf`; `Ok(0)` at end of stream. Must be
+    /// cancel-safe (it is raced against other events).
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+    /// Writes all of `data`.
+    fn write_all(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Closes the stream.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A [`Transport`] over any async byte stream (TCP, TLS).
+pub struct Stream<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Stream<S> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        self.0.read_buf(buf).await
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(data).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// Why and how a connection ends.
+struct Close {
+    reason: DisconnectReasonCode,
+    /// The client sent DISCONNECT.
+    graceful: bool,
+    /// Send the will (abnormal end, or DISCONNECT 0x04).
+    will: bool,
+    /// Send a DISCONNECT packet (5.0) before closing.
+    notify: bool,
+}
+
+impl Close {
+    fn error(reason: DisconnectReasonCode) -> Close {
+        Close {
+            reason,
+            graceful: false,
+            will: true,
+            notify: true,
+        }
+    }
+
+    fn dropped() -> Close {
+        Close {
+            reason: DisconnectReasonCode::UnspecifiedError,
+            graceful: false,
+            will: true,
+            notify: false,
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends. Never panics on input.
+pub async fn serve<T: Transport>(broker: Arc<Broker>, mut t: T, peer: SocketAddr) {
+    Metrics::inc(&broker.metrics.connections_total);
+    let admitted = broker.try_admit();
+    broker.metrics.connections_current.store(
+        broker
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
+    let max = broker.config.limits.max_packet_size as usize;
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(timeout, read_connect(&mut t, &mut buf, max)).await;
+    let (version, packet) = match first {
+        Err(_) => {
+            tracing::info!(%peer, "no CONNECT within {}s; closing", timeout.as_secs());
+            Metrics::inc(&broker.metrics.connects_refused);
+            if admitted {
+                broker.release_slot();
+            }
+            t.close().await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "bad CONNECT; closing");
+            Metrics::inc(&broker.metrics.connects_refused);
+            if let codec::DecodeError::UnsupportedProtocol { .. } = e {
+                // 3.1.1 answer (return code 0x01) is understood by old clients too.
+                let mut out = BytesMut::new();
+                let ack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::RefusedProtocolVersion,
+                    properties: None,
+                };
+                let _ = codec::encode(Version::V4, &Packet::ConnAck(ack), &mut out);
+                let _ = t.write_all(&out).await;
+            }
+            if admitted {
+                broker.release_slot();
+            }
+            t.close().await;
+            return;
+        }
+        Ok(Ok(v)) => v,
+    };
+    if !admitted {
+        Metrics::inc(&broker.metrics.connects_refused);
+        tracing::warn!(%peer, "max_connections reached; refusing");
+        let _ = refuse(&mut t, version, ConnectReturnCode::ServerBusy).await;
+        t.close().await;
+        return;
+    }
+    let Packet::Connect(connect, will, login) = packet else {
+        broker.release_slot();
+        t.close().await;
+        return;
+    };
+    match Conn::start(broker.clone(), t, version, connect, will, login, buf, peer).await {
+        Some(mut conn) => {
+            let close = conn.run().await;
+            conn.finish(close).await;
+        }
+        None => Metrics::inc(&broker.metrics.connects_refused),
+    }
+    broker.release_slot();
+}
+
+async fn refuse<T: Transport>(
+    t: &mut T,
+    version: Version,
+    code: ConnectReturnCode,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    let ack = ConnAck {
+        session_present: false,
+        code,
+        properties: None,
+    };
+    let _ = codec::encode(version, &Packet::ConnAck(ack), &mut out);
+    t.write_all(&out).await
+}
+
+async fn read_connect<T: Transport>(
+    t: &mut T,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(Version, Packet), codec::DecodeError> {
+    loop {
+        if let Some(v) = codec::detect_version(buf, max)? {
+            return match codec::decode(v, buf, max)? {
+                Some(p @ Packet::Connect(..)) => Ok((v, p)),
+                _ => Err(codec::DecodeError::NotConnect),
+            };
+        }
+        match t.read_into(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(codec::DecodeError::Malformed(
+                    "closed before CONNECT".into(),
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Per-connection protocol state (what does not survive the connection).
+struct Conn<T> {
+    broker: Arc<Broker>,
+    t: T,
+    version: Version,
+    client: ClientInfo,
+    session: SessionRef,
+    generation: u64,
+    kick: mpsc::Receiver<Kick>,
+    inbuf: BytesMut,
+    out: BytesMut,
+    /// Acks that go out after the next durable sync.
+    held: BytesMut,
+    /// Writes were made that `held` acks depend on.
+    must_sync: bool,
+    /// Retained deliveries to queue once their SUBACK is out.
+    deferred: Vec<(Vec<Arc<Message>>, u8, Option<u32>)>,
+    keep_alive: Option<Duration>,
+    last_seen: Instant,
+    max_inflight_out: usize,
+    client_max_packet: usize,
+    alias_in: HashMap<u16, String>,
+    alias_out: HashMap<String, u16>,
+    alias_out_max: u16,
+    will: Option<(Message, u32)>,
+    /// Incoming QoS 1 publishes acknowledged in `held` (receive maximum).
+    unacked_in: usize,
+    peer: SocketAddr,
+}
+
+fn v5(version: Version) -> bool {
+    version == Version::V5
+}
+
+impl<T: Transport> Conn<T> {
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        broker: Arc<Broker>,
+        mut t: T,
+        version: Version,
+        connect: Connect,
+        will: Option<LastWill>,
+        login: Option<Login>,
+        inbuf: BytesMut,
+        peer: SocketAddr,
+    ) -> Option<Conn<T>> {
+        let limits = broker.config.limits.clone();
+        let props = connect.properties.clone().unwrap_or_default();
+        if props.authentication_method.is_some() {
+            let _ = refuse(&mut t, version, ConnectReturnCode::BadAuthenticationMethod).await;
+            t.close().await;
+            return None;
+        }
+        // Client id: 3.1.1 allows an empty one only with a clean session.
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            if version == Version::V4 && !connect.clean_start {
+                tracing::info!(%peer, "empty client id with clean session 0; refused");
+                let _ = refuse(&mut t, version, ConnectReturnCode::ClientIdentifierNotValid).await;
+                t.close().await;
+                return None;
+            }
+            let id = format!("courier-{:016x}", rand_u64());
+            assigned = Some(id.clone());
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let username = login.as_ref().map(|l| l.username.clone());
+        let password = login.as_ref().map(|l| l.password.clone().into_bytes());
+        let hooks = broker.hooks.clone();
+        let (cid, user) = (client_id.clone(), username.clone());
+        let decision = tokio::task::spawn_blocking(move || {
+            hooks.authenticate(&cid, user.as_deref(), password.as_deref())
+        })
+        .await
+        .unwrap_or(AuthDecision::NotAuthorized);
+        let code = match decision {
+            AuthDecision::Allow => None,
+            AuthDecision::BadCredentials => Some(ConnectReturnCode::BadUserNamePassword),
+            AuthDecision::NotAuthorized => Some(ConnectReturnCode::NotAuthorized),
+        };
+        if let Some(code) = code {
+            tracing::info!(%peer, client_id = %client_id, ?code, "authentication refused");
+            let _ = refuse(&mut t, version, code).await;
+            t.close().await;
+            return None;
+        }
+        let client = ClientInfo {
+            client_id: client_id.as_str().into(),
+            username: username.map(|u| u.as_str().into()),
+        };
+
+        // Session expiry: 3.1.1 clean session 0 means "never expires".
+        let mut expiry = match version {
+            Version::V4 if !connect.clean_start => u32::MAX,
+            Version::V4 => 0,
+            Version::V5 => props.session_expiry_interval.unwrap_or(0),
+        };
+        let mut expiry_capped = false;
+        if limits.max_session_expiry_secs > 0 && expiry > limits.max_session_expiry_secs {
+            expiry = limits.max_session_expiry_secs;
+            expiry_capped = true;
+        }
+
+        // Keep alive: 0 means none; a cap is announced to 5.0 clients.
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if limits.max_keep_alive_secs > 0
+            && v5(version)
+            && (keep_alive == 0 || keep_alive > limits.max_keep_alive_secs)
+        {
+            keep_alive = limits.max_keep_alive_secs;
+            server_keep_alive = Some(keep_alive);
+        }
+
+        // The will is validated now; a bad one refuses the CONNECT.
+        let will = match will {
+            None => None,
+            Some(w) => {
+                let topic_ok = std::str::from_utf8(&w.topic)
+                    .ok()
+                    .filter(|t| topic::validate_name(t, broker.topic_limits()).is_ok())
+                    .map(str::to_owned);
+                let Some(wt) = topic_ok else {
+                    tracing::info!(%peer, client_id = %client.client_id, "invalid will topic; refused");
+                    let _ = refuse(&mut t, version, ConnectReturnCode::TopicNameInvalid).await;
+                    t.close().await;
+                    return None;
+                };
+                let wp = w.properties.unwrap_or(LastWillProperties {
+                    delay_interval: None,
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: Vec::new(),
+                });
+                let now = unix_now();
+                let msg_props = MessageProps {
+                    payload_format: wp.payload_format_indicator,
+                    content_type: wp.content_type,
+                    response_topic: wp.response_topic,
+                    correlation_data: wp.correlation_data,
+                    user_properties: wp.user_properties,
+                };
+                let msg = Message {
+                    topic: wt,
+                    payload: w.message,
+                    qos: w.qos as u8,
+                    retain: w.retain,
+                    expires_at: wp.message_expiry_interval.map(|e| now + e as u64),
+                    props: boxed_props(msg_props),
+                };
+                Some((msg, wp.delay_interval.unwrap_or(0).min(expiry)))
+            }
+        };
+
+        let attached = match broker.attach(&client_id, connect.clean_start, expiry).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "attaching session failed");
+                let _ = refuse(&mut t, version, ConnectReturnCode::ServerUnavailable).await;
+                t.close().await;
+                return None;
+            }
+        };
+        let max_inflight = limits.max_inflight as usize;
+        let client_recv_max = props.receive_maximum.unwrap_or(u16::MAX).max(1) as usize;
+        let mut conn = Conn {
+            version,
+            client: client.clone(),
+            session: attached.session,
+            generation: attached.generation,
+            kick: attached.kick,
+            inbuf,
+            out: BytesMut::with_capacity(4096),
+            held: BytesMut::new(),
+            must_sync: false,
+            deferred: Vec::new(),
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+            last_seen: Instant::now(),
+            max_inflight_out: client_recv_max.min(max_inflight),
+            client_max_packet: props
+                .max_packet_size
+                .map(|m| m as usize)
+                .unwrap_or(usize::MAX),
+            alias_in: HashMap::new(),
+            alias_out: HashMap::new(),
+            alias_out_max: if v5(version) {
+                props.topic_alias_max.unwrap_or(0)
+            } else {
+                0
+            },
+            will,
+            unacked_in: 0,
+            peer,
+            broker,
+            t,
+        };
+        let ack_props = v5(version).then(|| ConnAckProperties {
+            session_expiry_interval: expiry_capped.then_some(expiry),
+            receive_max: Some(limits.max_inflight),
+            max_qos: None,
+            retain_available: Some(1),
+            max_packet_size: Some(limits.max_packet_size),
+            assigned_client_identifier: assigned,
+            topic_alias_max: Some(limits.topic_alias_max),
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: Some(1),
+            subscription_identifiers_available: Some(1),
+            shared_subscription_available: Some(1),
+            server_keep_alive,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        });
+        let ack = ConnAck {
+            session_present: attached.session_present,
+            code: ConnectReturnCode::Success,
+            properties: ack_props,
+        };
+        conn.send(&Packet::ConnAck(ack));
+        // Anything in flight from an earlier connection goes again, marked DUP.
+        let resend = conn.session.state.lock().resend();
+        for n in resend {
+            conn.emit_next(n);
+        }
+        tracing::debug!(%peer, client_id = %client.client_id, ?version, present = attached.session_present, "connected");
+        conn.broker.emit(Event::Connected {
+            client,
+            session_present: attached.session_present,
+        });
+        Some(conn)
+    }
+
+    fn send(&mut self, p: &Packet) {
+        if let Err(e) = codec::encode(self.version, p, &mut self.out) {
+            tracing::error!(error = %e, "encode failed");
+        }
+    }
+
+    /// Queues an ack: held until the next sync if writes are pending.
+    fn ack(&mut self, p: &Packet) {
+        let target = if self.must_sync {
+            &mut self.held
+        } else {
+            &mut self.out
+        };
+        if let Err(e) = codec::encode(self.version, p, target) {
+            tracing::error!(error = %e, "encode failed");
+        }
+    }
+
+    async fn run(&mut self) -> Close {
+        let mut shutdown = self.broker.shutdown_signal();
+        if *shutdown.borrow() {
+            return Close::error(DisconnectReasonCode::ServerShuttingDown);
+        }
+        // Packets that arrived together with CONNECT.
+        if let Err(c) = self.process_input() {
+            return c;
+        }
+        loop {
+            let more = self.pump();
+            if let Err(c) = self.flush().await {
+                return c;
+            }
+            let deadline = self.keep_alive.map(|k| self.last_seen + k);
+            tokio::select! {
+                biased;
+                k = self.kick.recv() => {
+                    if let Some(reply) = k {
+                        tracing::info!(client_id = %self.client.client_id, "session taken over");
+                        self.finish_takeover(reply).await;
+                        return Close {
+                            reason: DisconnectReasonCode::SessionTakenOver,
+                            graceful: false,
+                            will: false,
+                            notify: false,
+                        };
+                    }
+                }
+                _ = shutdown.changed() => {
+                    return Close { will: false, ..Close::error(DisconnectReasonCode::ServerShuttingDown) };
+                }
+                r = self.t.read_into(&mut self.inbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => return Close::dropped(),
+                        Ok(_) => {
+                            self.last_seen = Instant::now();
+                            if let Err(c) = self.process_input() {
+                                return c;
+                            }
+                        }
+                    }
+                }
+                _ = self.session.notify.notified() => {}
+                _ = sleep_until(deadline) => {
+                    Metrics::inc(&self.broker.metrics.keepalive_timeouts);
+                    tracing::info!(client_id = %self.client.client_id, "keep-alive timeout");
+                    return Close::error(DisconnectReasonCode::KeepAliveTimeout);
+                }
+                _ = std::future::ready(()), if more => {}
+            }
+        }
+    }
+
+    /// Writes pending output; first makes held acks durable.
+    async fn flush(&mut self) -> Result<(), Close> {
+        if self.must_sync {
+            if let Err(e) = self.broker.durable().await {
+                tracing::error!(error = %e, "cannot acknowledge: sync failed");
+                return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
+            }
+            self.must_sync = false;
+            self.unacked_in = 0;
+            let held = std::mem::take(&mut self.held);
+            self.out.extend_from_slice(&held);
+            for (msgs, granted, id) in std::mem::take(&mut self.deferred) {
+                self.broker
+                    .deliver_retained(&self.session, msgs, granted, id);
+            }
+            self.pump();
+        } else {
+            self.unacked_in = 0;
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let res = tokio::select! {
+            r = self.t.write_all(&out) => r,
+            // A takeover must not wait behind a write to a dead peer.
+            k = self.kick.recv() => {
+                if let Some(reply) = k {
+                    self.finish_takeover(reply).await;
+                }
+                return Err(Close { will: false, ..Close::dropped() });
+            }
+        };
+        self.out = out;
+        self.out.clear();
+        res.map_err(|_| Close::dropped())
+    }
+
+    async fn finish_takeover(&mut self, reply: Kick) {
+        if v5(self.version) {
+            let mut out = BytesMut::new();
+            let d = Disconnect::new(DisconnectReasonCode::SessionTakenOver);
+            let _ = codec::encode(self.version, &Packet::Disconnect(d), &mut out);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.t.write_all(&out)).await;
+        }
+        self.t.close().await;
+        // A takeover is an abnormal end for the old connection: its will goes
+        // (immediately, or cancelled by the resume if it has a delay).
+        if let Some((msg, delay)) = self.will.take() {
+            self.broker.schedule_will(
+                &self.session,
+                self.generation,
+                self.client.clone(),
+                msg,
+                delay,
+            );
+        }
+        self.broker.detach(&self.session, self.generation);
+        self.broker.emit(Event::Disconnected {
+            client: self.client.clone(),
+            graceful: false,
+        });
+        self.generation = 0;
+        let _ = reply.send(());
+    }
+
+    /// Moves deliveries from the session into the output buffer. Returns
+    /// true if it stopped early with more to send.
+    fn pump(&mut self) -> bool {
+        const BATCH: usize = 64 * 1024;
+        let now = unix_now();
+        loop {
+            if self.out.len() >= BATCH {
+                return true;
+            }
+            let next = self.session.state.lock().next(self.max_inflight_out, now);
+            let Some(n) = next else { return false };
+            self.emit_next(n);
+        }
+    }
+
+    fn emit_next(&mut self, n: Next) {
+        let log = self.session.state.lock().log;
+        match n {
+            Next::Expired(d) => {
+                Metrics::inc(&self.broker.metrics.dropped_expired);
+                self.broker.complete(log, &d);
+            }
+            Next::PubRel(pkid) => self.send(&Packet::PubRel(PubRel::new(pkid, None))),
+            Next::Publish {
+                delivery,
+                pkid,
+                dup,
+            } => {
+                let Some(p) = self.publish_packet(&delivery, pkid, dup) else {
+                    // Too large for this client: counted, and completed so it
+                    // does not block the window (MQTT 5 3.1.2.25).
+                    Metrics::inc(&self.broker.metrics.dropped_too_large);
+                    tracing::warn!(client_id = %self.client.client_id, topic = %delivery.msg.topic, "message exceeds client's maximum packet size; dropped");
+                    if pkid != 0 {
+                        self.session.state.lock().forget(pkid);
+                    }
+                    self.broker.complete(log, &delivery);
+                    return;
+                };
+                if pkid != 0 && !dup {
+                    self.broker.mark_sent(log, &delivery, pkid, false);
+                }
+                Metrics::inc(&self.broker.metrics.publish_sent);
+                self.send(&Packet::Publish(p));
+            }
+        }
+    }
+
+    fn publish_packet(&mut self, d: &Delivery, pkid: u16, dup: bool) -> Option<Publish> {
+        let m = &d.msg;
+        let now = unix_now();
+        let mut props = None;
+        if v5(self.version) {
+            let mp = m.props.as_deref().cloned().unwrap_or_default();
+            let p = PublishProperties {
+                payload_format_indicator: mp.payload_format,
+                message_expiry_interval: m.expires_at.map(|t| t.saturating_sub(now).max(1) as u32),
+                topic_alias: None,
+                response_topic: mp.response_topic,
+                correlation_data: mp.correlation_data,
+                user_properties: mp.user_properties,
+                subscription_identifiers: d.sub_ids.iter().map(|&i| i as usize).collect(),
+                content_type: mp.content_type,
+            };
+            if p != PublishProperties::default() {
+                props = Some(p);
+            }
+        }
+        let mut p = Publish {
+            dup,
+            qos: qos_of(d.qos),
+            retain: d.retain,
+            topic: Bytes::copy_from_slice(m.topic.as_bytes()),
+            pkid,
+            payload: m.payload.clone(),
+            properties: props,
+        };
+        if codec::encoded_size(self.version, &Packet::Publish(p.clone())) > self.client_max_packet {
+            return None;
+        }
+        // Outgoing topic aliases save the topic's bytes on every repeat.
+        if self.alias_out_max > 0 {
+            let known = self.alias_out.get(&m.topic).copied();
+            let alias = match known {
+                Some(a) => {
+                    p.topic = Bytes::new();
+                    Some(a)
+                }
+                None if (self.alias_out.len() as u16) < self.alias_out_max => {
+                    let a = self.alias_out.len() as u16 + 1;
+                    self.alias_out.insert(m.topic.clone(), a);
+                    Some(a)
+                }
+                None => None,
+            };
+            if let Some(a) = alias {
+                p.properties
+                    .get_or_insert_with(PublishProperties::default)
+                    .topic_alias = Some(a);
+            }
+        }
+        Some(p)
+    }
+
+    fn process_input(&mut self) -> Result<(), Close> {
+        let max = self.broker.config.limits.max_packet_size as usize;
+        loop {
+            match codec::decode(self.version, &mut self.inbuf, max) {
+                Ok(Some(p)) => self.handle(p)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    Metrics::inc(&self.broker.metrics.protocol_errors);
+                    tracing::info!(client_id = %self.client.client_id, peer = %self.peer, error = %e, "closing on bad packet");
+                    let reason = match e {
+                        codec::DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    };
+                    return Err(Close::error(reason));
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self, reason: DisconnectReasonCode, why: &str) -> Close {
+        Metrics::inc(&self.broker.metrics.protocol_errors);
+        tracing::info!(client_id = %self.client.client_id, peer = %self.peer, ?reason, "{why}");
+        Close::error(reason)
+    }
+
+    fn handle(&mut self, p: Packet) -> Result<(), Close> {
+        match p {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                let (log, done) = {
+                    let mut s = self.session.state.lock();
+                    (s.log, s.on_puback(a.pkid))
+                };
+                if let Some(d) = done {
+                    self.broker.complete(log, &d);
+                }
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                let (log, rec) = {
+                    let mut s = self.session.state.lock();
+                    (s.log, s.on_pubrec(r.pkid))
+                };
+                if let Some(d) = &rec {
+                    self.broker.mark_sent(log, d, r.pkid, true);
+                }
+                let reason = if rec.is_some() {
+                    PubRelReason::Success
+                } else {
+                    PubRelReason::PacketIdentifierNotFound
+                };
+                let mut rel = PubRel::new(r.pkid, None);
+                rel.reason = reason;
+                self.send(&Packet::PubRel(rel));
+                Ok(())
+            }
+            Packet::PubComp(c) => {
+                let (log, done) = {
+                    let mut s = self.session.state.lock();
+                    (s.log, s.on_pubcomp(c.pkid))
+                };
+                if let Some(d) = done {
+                    self.broker.complete(log, &d);
+                }
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let known = self.session.state.lock().incoming_release(r.pkid);
+                let mut comp = PubComp::new(r.pkid, None);
+                if !known {
+                    comp.reason = PubCompReason::PacketIdentifierNotFound;
+                }
+                self.ack(&Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                let mut reasons = Vec::with_capacity(u.filters.len());
+                for f in &u.filters {
+                    let existed = self.broker.unsubscribe(&self.session, f);
+                    reasons.push(if existed {
+                        UnsubAckReason::Success
+                    } else {
+                        UnsubAckReason::NoSubscriptionExisted
+                    });
+                }
+                if self.session.state.lock().persistent() && self.broker.sync_acks() {
+                    self.must_sync = true;
+                }
+                self.ack(&Packet::UnsubAck(UnsubAck {
+                    pkid: u.pkid,
+                    reasons,
+                    properties: None,
+                }));
+                Ok(())
+            }
+            Packet::PingReq(_) => {
+                self.send(&Packet::PingResp(PingResp));
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                let new_expiry = d
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval);
+                if let Some(e) = new_expiry {
+                    let mut s = self.session.state.lock();
+                    if s.expiry_secs == 0 && e > 0 {
+                        drop(s);
+                        return Err(self.protocol_error(
+                            DisconnectReasonCode::ProtocolError,
+                            "session expiry raised from 0 at DISCONNECT",
+                        ));
+                    }
+                    s.expiry_secs = e;
+                }
+                Err(Close {
+                    reason: DisconnectReasonCode::NormalDisconnection,
+                    graceful: true,
+                    will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                    notify: false,
+                })
+            }
+            Packet::Connect(..) => {
+                Err(self.protocol_error(DisconnectReasonCode::ProtocolError, "second CONNECT"))
+            }
+            Packet::Auth(_) => {
+                Err(self
+                    .protocol_error(DisconnectReasonCode::ProtocolError, "AUTH is not supported"))
+            }
+            _ => Err(self.protocol_error(
+                DisconnectReasonCode::ProtocolError,
+                "server-only packet from client",
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        Metrics::inc(&self.broker.metrics.publish_received);
+        let v5 = v5(self.version);
+        let props = p.properties.unwrap_or_default();
+        // Topic, resolving 5.0 topic aliases.
+        let Ok(mut topic) = String::from_utf8(p.topic.to_vec()) else {
+            return Err(
+                self.protocol_error(DisconnectReasonCode::MalformedPacket, "topic is not UTF-8")
+            );
+        };
+        if let Some(alias) = props.topic_alias {
+            if alias == 0 || alias > self.broker.config.limits.topic_alias_max {
+                return Err(self.protocol_error(
+                    DisconnectReasonCode::TopicAliasInvalid,
+                    "topic alias out of range",
+                ));
+            }
+            if topic.is_empty() {
+                match self.alias_in.get(&alias) {
+                    Some(t) => topic = t.clone(),
+                    None => {
+                        return Err(self.protocol_error(
+                            DisconnectReasonCode::ProtocolError,
+                            "unknown topic alias",
+                        ))
+                    }
+                }
+            } else {
+                self.alias_in.insert(alias, topic.clone());
+            }
+        }
+        if let Err(e) = topic::validate_name(&topic, self.broker.topic_limits()) {
+            return Err(self.protocol_error(
+                DisconnectReasonCode::TopicNameInvalid,
+                &format!("invalid PUBLISH topic: {e}"),
+            ));
+        }
+        let qos = p.qos as u8;
+        // Receive maximum: unacknowledged QoS 1/2 publishes from this client.
+        if qos > 0 {
+            let pending = self.unacked_in + self.session.state.lock().incoming_pending();
+            if v5 && pending >= self.broker.config.limits.max_inflight as usize {
+                return Err(self.protocol_error(
+                    DisconnectReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
+        if qos == 2 && !self.session.state.lock().incoming_qos2(p.pkid) {
+            // Re-sent before PUBREL: acknowledge again, do not route again.
+            self.ack(&Packet::PubRec(PubRec::new(p.pkid, None)));
+            return Ok(());
+        }
+        let reply = |reason: PubAckReason| -> Option<Packet> {
+            match qos {
+                1 => Some(Packet::PubAck(PubAck {
+                    pkid: p.pkid,
+                    reason,
+                    properties: None,
+                })),
+                2 => {
+                    let r = match reason {
+                        PubAckReason::Success => PubRecReason::Success,
+                        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                        PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+                        _ => PubRecReason::UnspecifiedError,
+                    };
+                    Some(Packet::PubRec(PubRec {
+                        pkid: p.pkid,
+                        reason: r,
+                        properties: None,
+                    }))
+                }
+                _ => None,
+            }
+        };
+        if !self.broker.hooks.authorize_publish(&self.client, &topic) {
+            Metrics::inc(&self.broker.metrics.acl_denied);
+            tracing::info!(client_id = %self.client.client_id, %topic, "publish denied by ACL");
+            if qos == 2 {
+                // A refused QoS 2 flow ends at PUBREC (5.0 4.3.3).
+                self.session.state.lock().incoming_release(p.pkid);
+            }
+            // 3.1.1 has no way to say no: acknowledge and drop.
+            let reason = if v5 {
+                PubAckReason::NotAuthorized
+            } else {
+                PubAckReason::Success
+            };
+            if let Some(r) = reply(reason) {
+                self.send(&r);
+            }
+            return Ok(());
+        }
+        if v5
+            && props.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            if qos == 2 {
+                self.session.state.lock().incoming_release(p.pkid);
+            }
+            if let Some(r) = reply(PubAckReason::PayloadFormatInvalid) {
+                self.send(&r);
+            }
+            return Ok(());
+        }
+        let msg = Message {
+            topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            expires_at: props.message_expiry_interval.map(|e| unix_now() + e as u64),
+            props: boxed_props(MessageProps {
+                payload_format: props.payload_format_indicator,
+                content_type: props.content_type,
+                response_topic: props.response_topic,
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties,
+            }),
+        };
+        match self.broker.publish(Some(&self.client.client_id), msg) {
+            Ok(routed) => {
+                if routed.wrote && qos > 0 && self.broker.sync_acks() {
+                    self.must_sync = true;
+                }
+            }
+            Err(e) => {
+                Metrics::inc(&self.broker.metrics.store_errors);
+                tracing::error!(error = %e, "store write failed; publish not acknowledged");
+                return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
+            }
+        }
+        if let Some(r) = reply(PubAckReason::Success) {
+            if qos == 1 {
+                self.unacked_in += 1;
+            }
+            self.ack(&r);
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let sub_id = s.properties.as_ref().and_then(|p| p.id);
+        if sub_id == Some(0) {
+            return Err(self.protocol_error(
+                DisconnectReasonCode::ProtocolError,
+                "subscription identifier 0",
+            ));
+        }
+        let sub_id = sub_id.map(|i| i as u32);
+        let limits = self.broker.topic_limits();
+        let max_subs = self.broker.config.limits.max_subscriptions;
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for f in &s.filters {
+            let parsed = match topic::parse_filter(&f.path, limits) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(client_id = %self.client.client_id, filter = %f.path, error = %e, "invalid filter");
+                    codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            if parsed.group.is_some() && f.nolocal {
+                codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if !self
+                .broker
+                .hooks
+                .authorize_subscribe(&self.client, parsed.filter)
+            {
+                Metrics::inc(&self.broker.metrics.acl_denied);
+                tracing::info!(client_id = %self.client.client_id, filter = %f.path, "subscribe denied by ACL");
+                codes.push(SubscribeReasonCode::NotAuthorized);
+                continue;
+            }
+            let (count, exists) = {
+                let st = self.session.state.lock();
+                (
+                    st.subscriptions.len(),
+                    st.subscriptions.contains_key(&f.path),
+                )
+            };
+            if !exists && count >= max_subs {
+                tracing::warn!(client_id = %self.client.client_id, "max_subscriptions reached");
+                codes.push(SubscribeReasonCode::QuotaExceeded);
+                continue;
+            }
+            let granted = f.qos as u8;
+            let opts = SubOptions {
+                qos: granted,
+                no_local: f.nolocal,
+                retain_as_published: f.preserve_retain,
+                id: sub_id,
+            };
+            let rh = match f.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => 0,
+                RetainForwardRule::OnNewSubscribe => 1,
+                RetainForwardRule::Never => 2,
+            };
+            let retained = self.broker.subscribe(
+                &self.session,
+                &f.path,
+                parsed.group,
+                parsed.filter,
+                opts,
+                rh,
+            );
+            if !retained.is_empty() {
+                self.deferred.push((retained, granted, sub_id));
+            }
+            codes.push(SubscribeReasonCode::Success(f.qos));
+        }
+        if self.session.state.lock().persistent() && self.broker.sync_acks() {
+            self.must_sync = true;
+        }
+        self.ack(&Packet::SubAck(SubAck {
+            pkid: s.pkid,
+            return_codes: codes,
+            properties: None,
+        }));
+        if !self.must_sync {
+            for (msgs, granted, id) in std::mem::take(&mut self.deferred) {
+                // After the SUBACK in `out`, so retained messages follow it.
+                self.broker
+                    .deliver_retained(&self.session, msgs, granted, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: DISCONNECT (5.0), will, session detach, event.
+    async fn finish(&mut self, close: Close) {
+        if self.generation == 0 {
+            return; // taken over; already cleaned up
+        }
+        if close.notify && v5(self.version) {
+            self.out.clear();
+            let d = Disconnect::new(close.reason);
+            self.send(&Packet::Disconnect(d));
+            let out = std::mem::take(&mut self.out);
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.t.write_all(&out)).await;
+        } else if close.graceful && !self.out.is_empty() {
+            let _ = self.flush().await;
+        }
+        self.t.close().await;
+        let will = self.will.take();
+        if let (true, Some((msg, delay))) = (close.will, will) {
+            self.broker.schedule_will(
+                &self.session,
+                self.generation,
+                self.client.clone(),
+                msg,
+                delay,
+            );
+        }
+        self.broker.detach(&self.session, self.generation);
+        tracing::debug!(client_id = %self.client.client_id, reason = ?close.reason, graceful = close.graceful, "disconnected");
+        self.broker.emit(Event::Disconnected {
+            client: self.client.clone(),
+            graceful: close.graceful,
+        });
+    }
+}
+
+fn boxed_props(p: MessageProps) -> Option<Box<MessageProps>> {
+    (p != MessageProps::default()).then(|| Box::new(p))
+}
+
+fn qos_of(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn rand_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}

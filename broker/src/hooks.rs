@@ -1,0 +1,122 @@
+//! Hook points and events for in-process code (the messaging layer, the push
+//! bridge): decide on authentication and authorization, and learn when
+//! clients connect, drop, and have messages queued while offline.
+
+use std::sync::Arc;
+
+use crate::acl::{Acl, Action};
+use crate::auth::PasswordFile;
+
+/// Who a connected client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Client identifier (assigned by the broker if the client sent none).
+    pub client_id: Arc<str>,
+    /// Username from CONNECT, if any.
+    pub username: Option<Arc<str>>,
+}
+
+/// Outcome of authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Let the client in.
+    Allow,
+    /// Unknown user or wrong password (CONNACK 0x86 / 0x04).
+    BadCredentials,
+    /// Not allowed to connect (CONNACK 0x87 / 0x05).
+    NotAuthorized,
+}
+
+/// Decisions the broker asks of its embedder. Called on connection tasks;
+/// `authenticate` runs on a blocking thread, so it may be slow.
+pub trait Hooks: Send + Sync + 'static {
+    /// Decides whether a CONNECT is accepted.
+    fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> AuthDecision;
+    /// May `client` publish to `topic`?
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool;
+    /// May `client` subscribe to `filter`?
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> bool;
+}
+
+/// Something that happened, for subscribers of [`crate::Broker::events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A client completed CONNECT.
+    Connected {
+        /// The client.
+        client: ClientInfo,
+        /// An earlier session was resumed.
+        session_present: bool,
+    },
+    /// A client's connection ended.
+    Disconnected {
+        /// The client.
+        client: ClientInfo,
+        /// It sent DISCONNECT (false: dropped, timed out, taken over, refused).
+        graceful: bool,
+    },
+    /// A message was queued for a session with no connection attached.
+    QueuedOffline {
+        /// Client id of the session.
+        client_id: Arc<str>,
+        /// Topic of the message.
+        topic: String,
+        /// Messages now queued for it.
+        queued: usize,
+    },
+}
+
+/// The hooks built from the configuration: password file and ACL rules.
+pub struct ConfigHooks {
+    allow_anonymous: bool,
+    passwords: Option<PasswordFile>,
+    acl: Acl,
+}
+
+impl ConfigHooks {
+    /// Builds the hooks from their parts.
+    pub fn new(allow_anonymous: bool, passwords: Option<PasswordFile>, acl: Acl) -> Self {
+        ConfigHooks {
+            allow_anonymous,
+            passwords,
+            acl,
+        }
+    }
+}
+
+impl Hooks for ConfigHooks {
+    fn authenticate(
+        &self,
+        _client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> AuthDecision {
+        match (username, &self.passwords) {
+            (None, _) if self.allow_anonymous => AuthDecision::Allow,
+            (None, _) => AuthDecision::NotAuthorized,
+            // Without a password file a username is just a name.
+            (Some(_), None) if self.allow_anonymous => AuthDecision::Allow,
+            (Some(_), None) => AuthDecision::BadCredentials,
+            (Some(u), Some(pf)) => {
+                if pf.verify(u, password.unwrap_or_default()) {
+                    AuthDecision::Allow
+                } else {
+                    AuthDecision::BadCredentials
+                }
+            }
+        }
+    }
+
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {
+        self.acl.check(Action::Publish, client, topic)
+    }
+
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> bool {
+        self.acl.check(Action::Subscribe, client, filter)
+    }
+}

@@ -1,0 +1,56 @@
+//! Counters an operator reads to see what the broker refused, dropped or did.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Broker-wide counters (monotonic, except `connections_current`).
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Name and value of every counter, for logs and `$SYS` topics.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections currently open.
+    connections_current,
+    /// Connections accepted since start.
+    connections_total,
+    /// CONNECTs refused (authentication, limits, bad CONNECT).
+    connects_refused,
+    /// PUBLISH packets received from clients.
+    publish_received,
+    /// PUBLISH packets sent to clients.
+    publish_sent,
+    /// Deliveries dropped because a session's queue was full.
+    dropped_queue_full,
+    /// Deliveries dropped because they exceed the client's maximum packet size.
+    dropped_too_large,
+    /// Deliveries dropped because the message expired.
+    dropped_expired,
+    /// QoS 0 deliveries skipped for offline sessions.
+    dropped_offline_qos0,
+    /// Publishes and subscriptions refused by authorization.
+    acl_denied,
+    /// Connections closed for malformed or protocol-violating input.
+    protocol_errors,
+    /// Connections closed for keep-alive timeout.
+    keepalive_timeouts,
+    /// Store errors.
+    store_errors,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}

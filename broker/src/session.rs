@@ -1,0 +1,439 @@
+//! A client session: what survives between connections (subscriptions,
+//! queued and in-flight messages), as a state machine with no I/O.
+//!
+//! The connection shell feeds it acknowledgements and asks it for the next
+//! message to send; the broker enqueues deliveries into it. Whether an entry
+//! is also on disk is the caller's business: entries carry the store ids
+//! needed to mirror each transition.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::message::Message;
+use crate::router::SubOptions;
+use crate::store::LogId;
+
+/// A message queued for one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Position in the session's log (orders deliveries; keys the disk entry).
+    pub seq: u64,
+    /// Stored message id, or 0 when the entry is not on disk.
+    pub msg_id: u64,
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// RETAIN flag to deliver with.
+    pub retain: bool,
+    /// Matching subscription identifiers (5.0).
+    pub sub_ids: Vec<u32>,
+}
+
+/// A QoS 1/2 message sent and not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Packet id it was sent with.
+    pub pkid: u16,
+    /// QoS 2: PUBREC received and PUBREL sent.
+    pub released: bool,
+}
+
+/// What to send next.
+#[derive(Debug)]
+pub enum Next {
+    /// Send this PUBLISH (pkid 0 for QoS 0).
+    Publish {
+        /// The delivery.
+        delivery: Delivery,
+        /// Packet id (0 for QoS 0).
+        pkid: u16,
+        /// Redelivery flag.
+        dup: bool,
+    },
+    /// Re-send PUBREL for a QoS 2 message after reconnect.
+    PubRel(u16),
+    /// This queued message expired before it could be sent; drop it.
+    Expired(Delivery),
+}
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueFull {
+    /// `max_queued_messages` reached.
+    #[error("queue full (messages)")]
+    Messages,
+    /// `max_queued_bytes` reached.
+    #[error("queue full (bytes)")]
+    Bytes,
+}
+
+/// Per-session limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Most queued (not yet sent) messages.
+    pub max_messages: usize,
+    /// Most queued payload bytes.
+    pub max_bytes: u64,
+}
+
+/// The session state.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Log id of its queue on disk.
+    pub log: LogId,
+    /// Session expiry interval, seconds (0: ends with the connection).
+    pub expiry_secs: u32,
+    /// Subscriptions by raw filter.
+    pub subscriptions: HashMap<String, SubOptions>,
+    /// A connection is attached.
+    pub online: bool,
+    /// Incremented at each attach; lets timers know if they are stale.
+    pub generation: u64,
+    queue: VecDeque<Delivery>,
+    queued_bytes: u64,
+    inflight: HashMap<u16, Inflight>,
+    incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    next_seq: u64,
+    limits: SessionLimits,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, log: LogId, expiry_secs: u32, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            log,
+            expiry_secs,
+            subscriptions: HashMap::new(),
+            online: false,
+            generation: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: HashMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_pkid: 0,
+            next_seq: 1,
+            limits,
+        }
+    }
+
+    /// True if the session outlives its connection, so its queue is on disk.
+    pub fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    /// Reserves the next log position.
+    pub fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// Queued (unsent) message count.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// In-flight message count.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Checks whether one more delivery of `cost` bytes fits.
+    pub fn has_room(&self, cost: u64) -> Result<(), QueueFull> {
+        if self.queue.len() >= self.limits.max_messages {
+            return Err(QueueFull::Messages);
+        }
+        if self.queued_bytes + cost > self.limits.max_bytes {
+            return Err(QueueFull::Bytes);
+        }
+        Ok(())
+    }
+
+    /// Appends a delivery (the caller checked [`Session::has_room`]).
+    pub fn push(&mut self, d: Delivery) {
+        self.queued_bytes += d.msg.cost();
+        self.queue.push_back(d);
+    }
+
+    /// Restores an entry loaded from disk, in sequence order.
+    pub fn restore(&mut self, d: Delivery, pkid: u16, released: bool) {
+        self.next_seq = self.next_seq.max(d.seq + 1);
+        if pkid == 0 {
+            self.push(d);
+        } else {
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    delivery: d,
+                    pkid,
+                    released,
+                },
+            );
+        }
+    }
+
+    fn alloc_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                self.next_pkid = 1;
+            }
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+        None
+    }
+
+    /// The next thing to send, if the in-flight window (`max_inflight`) has
+    /// room. QoS 0 messages queued behind QoS 1/2 keep their order.
+    pub fn next(&mut self, max_inflight: usize, now: u64) -> Option<Next> {
+        let front = self.queue.front()?;
+        if front.msg.expired(now) {
+            let d = self.queue.pop_front()?;
+            self.queued_bytes -= d.msg.cost();
+            return Some(Next::Expired(d));
+        }
+        if front.qos > 0 && self.inflight.len() >= max_inflight {
+            return None;
+        }
+        let pkid = if front.qos > 0 { self.alloc_pkid()? } else { 0 };
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.cost();
+        if pkid != 0 {
+            self.inflight.insert(
+                pkid,
+                Inflight {
+                    delivery: d.clone(),
+                    pkid,
+                    released: false,
+                },
+            );
+        }
+        Some(Next::Publish {
+            delivery: d,
+            pkid,
+            dup: false,
+        })
+    }
+
+    /// Everything in flight, in log order, to re-send after a reconnect.
+    pub fn resend(&self) -> Vec<Next> {
+        let mut v: Vec<&Inflight> = self.inflight.values().collect();
+        v.sort_by_key(|i| i.delivery.seq);
+        v.into_iter()
+            .map(|i| {
+                if i.released {
+                    Next::PubRel(i.pkid)
+                } else {
+                    Next::Publish {
+                        delivery: i.delivery.clone(),
+                        pkid: i.pkid,
+                        dup: true,
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// PUBACK for `pkid`: the delivery is complete. `None` if unknown.
+    pub fn on_puback(&mut self, pkid: u16) -> Option<Delivery> {
+        match self.inflight.get(&pkid) {
+            Some(i) if i.delivery.qos == 1 => self.inflight.remove(&pkid).map(|i| i.delivery),
+            _ => None,
+        }
+    }
+
+    /// PUBREC for `pkid`: now waiting for PUBCOMP. Returns the delivery so
+    /// the caller can record the state; `None` if unknown.
+    pub fn on_pubrec(&mut self, pkid: u16) -> Option<Delivery> {
+        let i = self.inflight.get_mut(&pkid)?;
+        if i.delivery.qos != 2 {
+            return None;
+        }
+        i.released = true;
+        Some(i.delivery.clone())
+    }
+
+    /// PUBCOMP for `pkid`: the QoS 2 delivery is complete.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Delivery> {
+        match self.inflight.get(&pkid) {
+            Some(i) if i.released => self.inflight.remove(&pkid).map(|i| i.delivery),
+            _ => None,
+        }
+    }
+
+    /// Drops an in-flight entry without an acknowledgement (it could not be
+    /// sent, e.g. too large for the client).
+    pub fn forget(&mut self, pkid: u16) -> Option<Delivery> {
+        self.inflight.remove(&pkid).map(|i| i.delivery)
+    }
+
+    /// An incoming QoS 2 PUBLISH: true if `pkid` is new (route it), false
+    /// if it is a re-send of one not yet released (do not route again).
+    pub fn incoming_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.insert(pkid)
+    }
+
+    /// Incoming PUBREL: forget `pkid`. True if it was known.
+    pub fn incoming_release(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    /// Incoming QoS 2 messages waiting for PUBREL.
+    pub fn incoming_pending(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Empties the session, returning every delivery it held (queued and in
+    /// flight), so their stored messages can be released.
+    pub fn drain(&mut self) -> Vec<Delivery> {
+        self.queued_bytes = 0;
+        self.incoming_qos2.clear();
+        let mut out: Vec<Delivery> = self.queue.drain(..).collect();
+        out.extend(self.inflight.drain().map(|(_, i)| i.delivery));
+        out
+    }
+
+    /// Drops undeliverable QoS 0 entries when the connection goes away;
+    /// they are never queued for an offline session.
+    pub fn drop_qos0(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|d| d.qos > 0);
+        if self.queue.len() != before {
+            self.queued_bytes = self.queue.iter().map(|d| d.msg.cost()).sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn msg(n: u8) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![n; 10]),
+            qos: 1,
+            retain: false,
+            expires_at: None,
+            props: None,
+        })
+    }
+
+    fn session() -> Session {
+        Session::new(
+            "c".into(),
+            1,
+            60,
+            SessionLimits {
+                max_messages: 3,
+                max_bytes: 1000,
+            },
+        )
+    }
+
+    fn delivery(s: &mut Session, qos: u8, n: u8) -> Delivery {
+        Delivery {
+            seq: s.take_seq(),
+            msg_id: 0,
+            msg: msg(n),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    fn pkid(n: Option<Next>) -> u16 {
+        match n {
+            Some(Next::Publish { pkid, .. }) => pkid,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_and_out_of_order_acks() {
+        let mut s = session();
+        for i in 0..3 {
+            let d = delivery(&mut s, 1, i);
+            s.push(d);
+        }
+        let a = pkid(s.next(2, 0));
+        let b = pkid(s.next(2, 0));
+        assert!(s.next(2, 0).is_none(), "window of 2 is full");
+        assert!(s.on_puback(b).is_some());
+        assert!(s.on_puback(b).is_none(), "second ack is ignored");
+        let c = pkid(s.next(2, 0));
+        assert!(s.on_puback(a).is_some());
+        assert!(s.on_puback(c).is_some());
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut s = session();
+        for i in 0..3 {
+            assert!(s.has_room(20).is_ok());
+            let d = delivery(&mut s, 1, i);
+            s.push(d);
+        }
+        assert_eq!(s.has_room(20), Err(QueueFull::Messages));
+        let mut s = session();
+        assert_eq!(s.has_room(2000), Err(QueueFull::Bytes));
+        let _ = s.take_seq();
+    }
+
+    #[test]
+    fn resend_sets_dup_in_order_and_qos2_flow() {
+        let mut s = session();
+        let d1 = delivery(&mut s, 2, 1);
+        let d2 = delivery(&mut s, 1, 2);
+        s.push(d1);
+        s.push(d2);
+        let p1 = pkid(s.next(10, 0));
+        let p2 = pkid(s.next(10, 0));
+        let r = s.resend();
+        assert!(matches!(r[0], Next::Publish { dup: true, pkid, .. } if pkid == p1));
+        assert!(matches!(r[1], Next::Publish { dup: true, pkid, .. } if pkid == p2));
+        assert!(
+            s.on_puback(p1).is_none(),
+            "QoS 2 is not completed by PUBACK"
+        );
+        assert!(
+            s.on_pubcomp(p1).is_none(),
+            "PUBCOMP before PUBREC is ignored"
+        );
+        assert!(s.on_pubrec(p1).is_some());
+        assert!(matches!(s.resend()[0], Next::PubRel(p) if p == p1));
+        assert!(s.on_pubcomp(p1).is_some());
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent() {
+        let mut s = session();
+        let mut d = delivery(&mut s, 1, 1);
+        let mut m = (*d.msg).clone();
+        m.expires_at = Some(100);
+        d.msg = Arc::new(m);
+        s.push(d);
+        assert!(matches!(s.next(10, 100), Some(Next::Expired(_))));
+        assert!(s.next(10, 100).is_none());
+    }
+
+    #[test]
+    fn incoming_qos2_dedup() {
+        let mut s = session();
+        assert!(s.incoming_qos2(5));
+        assert!(!s.incoming_qos2(5));
+        assert!(s.incoming_release(5));
+        assert!(!s.incoming_release(5));
+    }
+}
