@@ -261,6 +261,15 @@ pub struct EncodeError(String);
 /// Appends the wire form of `packet` to `out`. Packets that do not exist in
 /// 3.1.1 (a server DISCONNECT, AUTH) are skipped for v4 connections.
 pub fn encode(version: Version, packet: &Packet, out: &mut BytesMut) -> Result<(), EncodeError> {
+    // mqttbytes writes a DISCONNECT with a reason code and no properties
+    // with a remaining length one short of what it writes; this form
+    // (reason code, empty property list) is valid and readable by clients.
+    if let (Version::V5, Packet::Disconnect(d)) = (version, packet) {
+        if d.properties.is_none() {
+            out.extend_from_slice(&[0xE0, 0x02, d.reason_code as u8, 0x00]);
+            return Ok(());
+        }
+    }
     let res = match version {
         Version::V5 => packet.write(out, None).map(|_| ()),
         Version::V4 => {
@@ -389,6 +398,19 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn server_disconnect_round_trips() {
+        let mut out = BytesMut::new();
+        let d = Disconnect::new(DisconnectReasonCode::SessionTakenOver);
+        encode(Version::V5, &Packet::Disconnect(d), &mut out).unwrap();
+        assert_eq!(&out[..], &[0xE0, 0x02, 0x8E, 0x00]);
+        let p = Packet::read(&mut out, None).unwrap();
+        assert!(
+            matches!(p, Packet::Disconnect(d) if d.reason_code == DisconnectReasonCode::SessionTakenOver)
+        );
+        assert!(out.is_empty(), "no stray bytes after the packet");
     }
 
     #[test]
