@@ -54,12 +54,12 @@ impl Acl {
     /// subscribe; shared-subscription prefixes are stripped by the caller).
     pub fn check(&self, action: Action, client: &ClientInfo, topic: &str) -> bool {
         for rule in &self.rules {
-            let applies = match (rule.action, action) {
-                (AclAction::All, _) => true,
-                (AclAction::Publish, Action::Publish) => true,
-                (AclAction::Subscribe, Action::Subscribe) => true,
-                _ => false,
-            };
+            let applies = matches!(
+                (rule.action, action),
+                (AclAction::All, _)
+                    | (AclAction::Publish, Action::Publish)
+                    | (AclAction::Subscribe, Action::Subscribe)
+            );
             if !applies {
                 continue;
             }

@@ -2,7 +2,7 @@
 //! attaching sessions, routing publishes, subscribing, and ending sessions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,10 @@ pub struct SessionHandle {
     pub state: Mutex<Session>,
     /// Wakes the attached connection when deliveries are queued.
     pub notify: Notify,
+    /// Wakes publishers throttled by this session's backlog.
+    pub drained: Notify,
+    /// Some publisher may be waiting on `drained`.
+    pub throttling: AtomicBool,
     kick: Mutex<Option<mpsc::Sender<Kick>>>,
     will: Mutex<Option<PendingWill>>,
 }
@@ -73,12 +77,38 @@ pub struct Attached {
 }
 
 /// Result of routing one publish.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default)]
 pub struct Routed {
     /// Sessions the message was delivered or queued to.
     pub matched: usize,
     /// Something was written that must be durable before acknowledging.
     pub wrote: bool,
+    /// Online sessions whose backlog reached `throttle_backlog`.
+    pub congested: Vec<SessionRef>,
+}
+
+impl SessionHandle {
+    /// Called by the session's connection after sending: wakes throttled
+    /// publishers once the backlog is at most `low`.
+    pub(crate) fn maybe_drained(&self, queued: usize, low: usize) {
+        if queued <= low && self.throttling.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// True while this session is online with more than `low` unsent.
+    pub(crate) fn backlogged(&self, low: usize) -> bool {
+        let s = self.state.lock();
+        s.online && s.queued() > low
+    }
+}
+
+/// Outcome of queueing one delivery.
+enum Queued {
+    Yes,
+    /// Queued, and the (online) session's backlog is at the throttle limit.
+    Congested,
+    Dropped,
 }
 
 /// The broker.
@@ -175,6 +205,8 @@ impl Broker {
             client_id: session.client_id.clone(),
             state: Mutex::new(session),
             notify: Notify::new(),
+            drained: Notify::new(),
+            throttling: AtomicBool::new(false),
             kick: Mutex::new(None),
             will: Mutex::new(None),
         })
@@ -421,6 +453,8 @@ impl Broker {
             s.drop_qos0();
             (s.expiry_secs, s.generation)
         };
+        handle.throttling.store(false, Ordering::Release);
+        handle.drained.notify_waiters();
         {
             let mut k = handle.kick.lock();
             if k.as_ref().is_some_and(|k| k.is_closed()) {
@@ -602,8 +636,13 @@ impl Broker {
             let Some(sub_qos) = qos else { continue };
             let qos = sub_qos.min(msg.qos);
             let handle = &group[0].session;
-            if self.enqueue(handle, &msg, &mut msg_id, qos, msg.retain && rap, sub_ids)? {
-                routed.matched += 1;
+            match self.enqueue(handle, &msg, &mut msg_id, qos, msg.retain && rap, sub_ids)? {
+                Queued::Dropped => {}
+                Queued::Yes => routed.matched += 1,
+                Queued::Congested => {
+                    routed.matched += 1;
+                    routed.congested.push(handle.clone());
+                }
             }
         }
         if msg_id != 0 {
@@ -612,7 +651,7 @@ impl Broker {
         Ok(routed)
     }
 
-    /// Queues one delivery for a session. Returns false if it was dropped.
+    /// Queues one delivery for a session.
     fn enqueue(
         &self,
         handle: &SessionRef,
@@ -621,16 +660,16 @@ impl Broker {
         qos: u8,
         retain: bool,
         sub_ids: Vec<u32>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Queued, StoreError> {
         let mut s = handle.state.lock();
         if !s.online && qos == 0 {
             Metrics::inc(&self.metrics.dropped_offline_qos0);
-            return Ok(false);
+            return Ok(Queued::Dropped);
         }
         if let Err(full) = s.has_room(msg.cost()) {
             Metrics::inc(&self.metrics.dropped_queue_full);
             tracing::warn!(client_id = %s.client_id, topic = %msg.topic, reason = %full, "delivery dropped");
-            return Ok(false);
+            return Ok(Queued::Dropped);
         }
         let seq = s.take_seq();
         let stored = s.persistent() && qos > 0;
@@ -663,6 +702,11 @@ impl Broker {
         drop(s);
         if online {
             handle.notify.notify_one();
+            let limit = self.config.limits.throttle_backlog;
+            if limit > 0 && queued >= limit {
+                handle.throttling.store(true, Ordering::Release);
+                return Ok(Queued::Congested);
+            }
         } else {
             self.emit(Event::QueuedOffline {
                 client_id: handle.client_id.clone(),
@@ -670,7 +714,7 @@ impl Broker {
                 queued,
             });
         }
-        Ok(true)
+        Ok(Queued::Yes)
     }
 
     /// Drops one reference to a stored message, deleting it at zero.

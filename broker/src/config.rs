@@ -139,6 +139,11 @@ pub struct Limits {
     pub topic_alias_max: u16,
     /// Subscriptions per session.
     pub max_subscriptions: usize,
+    /// Unsent messages an online subscriber may have waiting before
+    /// publishers to it are slowed (they stop reading for up to 100 ms until
+    /// the backlog halves). Keeps queues short instead of growing to
+    /// `max_queued_messages`. 0 disables.
+    pub throttle_backlog: usize,
 }
 
 impl Default for Limits {
@@ -156,6 +161,7 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             topic_alias_max: 64,
             max_subscriptions: 1000,
+            throttle_backlog: 64,
         }
     }
 }

@@ -36,7 +36,38 @@ pub trait Transport: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// A [`Transport`] over any async byte stream (TCP, TLS).
+/// Plain TCP: waits for readability before allocating, so an idle
+/// connection holds no read buffer.
+impl Transport for tokio::net::TcpStream {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness was stale: don't hold an empty buffer while waiting.
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                    continue;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        AsyncWriteExt::write_all(self, data).await
+    }
+
+    async fn close(&mut self) {
+        let _ = AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+/// A [`Transport`] over any async byte stream (TLS).
 pub struct Stream<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Stream<S> {
@@ -88,15 +119,41 @@ impl Close {
 }
 
 /// Serves one accepted connection until it ends. Never panics on input.
-pub async fn serve<T: Transport>(broker: Arc<Broker>, mut t: T, peer: SocketAddr) {
+pub async fn serve<T: Transport>(broker: Arc<Broker>, t: T, peer: SocketAddr) {
     Metrics::inc(&broker.metrics.connections_total);
-    let admitted = broker.try_admit();
-    broker.metrics.connections_current.store(
-        broker
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed) as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    if !broker.try_admit() {
+        Metrics::inc(&broker.metrics.connects_refused);
+        tracing::warn!(%peer, "max_connections reached; refusing");
+        Box::pin(refuse_busy(&broker, t, peer)).await;
+        return;
+    }
+    // Boxed phases: CONNECT handling and the final clean-up have large
+    // locals that an idle connection should not carry for its whole life.
+    if let Some(mut conn) = Box::pin(accept(broker.clone(), t, peer)).await {
+        let close = conn.run().await;
+        Box::pin(conn.finish(close)).await;
+    }
+    broker.release_slot();
+}
+
+/// Reads CONNECT (within the connect timeout) and refuses it with
+/// "server busy".
+async fn refuse_busy<T: Transport>(broker: &Broker, mut t: T, peer: SocketAddr) {
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
+    let max = broker.config.limits.max_packet_size as usize;
+    let mut buf = BytesMut::new();
+    if let Ok(Ok((version, _))) =
+        tokio::time::timeout(timeout, read_connect(&mut t, &mut buf, max)).await
+    {
+        let _ = refuse(&mut t, version, ConnectReturnCode::ServerBusy).await;
+    } else {
+        tracing::debug!(%peer, "refused connection sent no valid CONNECT");
+    }
+    t.close().await;
+}
+
+/// Reads and answers CONNECT. `None` if the connection was refused.
+async fn accept<T: Transport>(broker: Arc<Broker>, mut t: T, peer: SocketAddr) -> Option<Conn<T>> {
     let timeout = Duration::from_secs(broker.config.limits.connect_timeout_secs);
     let max = broker.config.limits.max_packet_size as usize;
     let mut buf = BytesMut::with_capacity(1024);
@@ -105,54 +162,35 @@ pub async fn serve<T: Transport>(broker: Arc<Broker>, mut t: T, peer: SocketAddr
         Err(_) => {
             tracing::info!(%peer, "no CONNECT within {}s; closing", timeout.as_secs());
             Metrics::inc(&broker.metrics.connects_refused);
-            if admitted {
-                broker.release_slot();
-            }
             t.close().await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "bad CONNECT; closing");
             Metrics::inc(&broker.metrics.connects_refused);
             if let codec::DecodeError::UnsupportedProtocol { .. } = e {
-                // 3.1.1 answer (return code 0x01) is understood by old clients too.
-                let mut out = BytesMut::new();
-                let ack = ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::RefusedProtocolVersion,
-                    properties: None,
-                };
-                let _ = codec::encode(Version::V4, &Packet::ConnAck(ack), &mut out);
-                let _ = t.write_all(&out).await;
-            }
-            if admitted {
-                broker.release_slot();
+                // The 3.1.1 answer (return code 0x01) is understood by old clients too.
+                let _ = refuse(
+                    &mut t,
+                    Version::V4,
+                    ConnectReturnCode::RefusedProtocolVersion,
+                )
+                .await;
             }
             t.close().await;
-            return;
+            return None;
         }
         Ok(Ok(v)) => v,
     };
-    if !admitted {
-        Metrics::inc(&broker.metrics.connects_refused);
-        tracing::warn!(%peer, "max_connections reached; refusing");
-        let _ = refuse(&mut t, version, ConnectReturnCode::ServerBusy).await;
-        t.close().await;
-        return;
-    }
     let Packet::Connect(connect, will, login) = packet else {
-        broker.release_slot();
         t.close().await;
-        return;
+        return None;
     };
-    match Conn::start(broker.clone(), t, version, connect, will, login, buf, peer).await {
-        Some(mut conn) => {
-            let close = conn.run().await;
-            conn.finish(close).await;
-        }
-        None => Metrics::inc(&broker.metrics.connects_refused),
+    let conn = Conn::start(broker.clone(), t, version, connect, will, login, buf, peer).await;
+    if conn.is_none() {
+        Metrics::inc(&broker.metrics.connects_refused);
     }
-    broker.release_slot();
+    conn
 }
 
 async fn refuse<T: Transport>(
@@ -220,6 +258,9 @@ struct Conn<T> {
     will: Option<(Message, u32)>,
     /// Incoming QoS 1 publishes acknowledged in `held` (receive maximum).
     unacked_in: usize,
+    /// Subscribers whose backlog this connection's publishes filled; input
+    /// is paused until they drain (bounded).
+    throttle: Vec<SessionRef>,
     peer: SocketAddr,
 }
 
@@ -264,12 +305,16 @@ impl<T: Transport> Conn<T> {
         let username = login.as_ref().map(|l| l.username.clone());
         let password = login.as_ref().map(|l| l.password.clone().into_bytes());
         let hooks = broker.hooks.clone();
-        let (cid, user) = (client_id.clone(), username.clone());
-        let decision = tokio::task::spawn_blocking(move || {
-            hooks.authenticate(&cid, user.as_deref(), password.as_deref())
-        })
-        .await
-        .unwrap_or(AuthDecision::NotAuthorized);
+        let decision = if hooks.blocking_auth() {
+            let (cid, user) = (client_id.clone(), username.clone());
+            tokio::task::spawn_blocking(move || {
+                hooks.authenticate(&cid, user.as_deref(), password.as_deref())
+            })
+            .await
+            .unwrap_or(AuthDecision::NotAuthorized)
+        } else {
+            hooks.authenticate(&client_id, username.as_deref(), password.as_deref())
+        };
         let code = match decision {
             AuthDecision::Allow => None,
             AuthDecision::BadCredentials => Some(ConnectReturnCode::BadUserNamePassword),
@@ -370,7 +415,7 @@ impl<T: Transport> Conn<T> {
             generation: attached.generation,
             kick: attached.kick,
             inbuf,
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
             held: BytesMut::new(),
             must_sync: false,
             deferred: Vec::new(),
@@ -390,6 +435,7 @@ impl<T: Transport> Conn<T> {
             },
             will,
             unacked_in: 0,
+            throttle: Vec::new(),
             peer,
             broker,
             t,
@@ -464,13 +510,23 @@ impl<T: Transport> Conn<T> {
             if let Err(c) = self.flush().await {
                 return c;
             }
+            // Idle connections keep no buffers: memory per connection is
+            // what makes 20,000 phones on one box cheap.
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+                self.inbuf = BytesMut::new();
+            }
+            if self.out.is_empty() && self.out.capacity() > 64 * 1024 {
+                self.out = BytesMut::new();
+            }
             let deadline = self.keep_alive.map(|k| self.last_seen + k);
+            let throttled = !self.throttle.is_empty();
+            let low = self.broker.config.limits.throttle_backlog / 2;
             tokio::select! {
                 biased;
                 k = self.kick.recv() => {
                     if let Some(reply) = k {
                         tracing::info!(client_id = %self.client.client_id, "session taken over");
-                        self.finish_takeover(reply).await;
+                        Box::pin(self.finish_takeover(reply)).await;
                         return Close {
                             reason: DisconnectReasonCode::SessionTakenOver,
                             graceful: false,
@@ -482,7 +538,12 @@ impl<T: Transport> Conn<T> {
                 _ = shutdown.changed() => {
                     return Close { will: false, ..Close::error(DisconnectReasonCode::ServerShuttingDown) };
                 }
-                r = self.t.read_into(&mut self.inbuf) => {
+                // The wait is boxed inside a lazily-run block: allocated only
+                // when a publisher is actually throttled.
+                _ = async { Box::pin(wait_drained(&self.throttle, low)).await }, if throttled => {
+                    self.throttle.clear();
+                }
+                r = self.t.read_into(&mut self.inbuf), if !throttled => {
                     match r {
                         Ok(0) | Err(_) => return Close::dropped(),
                         Ok(_) => {
@@ -532,7 +593,7 @@ impl<T: Transport> Conn<T> {
             // A takeover must not wait behind a write to a dead peer.
             k = self.kick.recv() => {
                 if let Some(reply) = k {
-                    self.finish_takeover(reply).await;
+                    Box::pin(self.finish_takeover(reply)).await;
                 }
                 return Err(Close { will: false, ..Close::dropped() });
             }
@@ -575,14 +636,24 @@ impl<T: Transport> Conn<T> {
     fn pump(&mut self) -> bool {
         const BATCH: usize = 64 * 1024;
         let now = unix_now();
-        loop {
+        let low = self.broker.config.limits.throttle_backlog / 2;
+        let more = loop {
             if self.out.len() >= BATCH {
-                return true;
+                break true;
             }
             let next = self.session.state.lock().next(self.max_inflight_out, now);
-            let Some(n) = next else { return false };
+            let Some(n) = next else { break false };
             self.emit_next(n);
+        };
+        if self
+            .session
+            .throttling
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let queued = self.session.state.lock().queued();
+            self.session.maybe_drained(queued, low);
         }
+        more
     }
 
     fn emit_next(&mut self, n: Next) {
@@ -936,6 +1007,14 @@ impl<T: Transport> Conn<T> {
                 if routed.wrote && qos > 0 && self.broker.sync_acks() {
                     self.must_sync = true;
                 }
+                for h in routed.congested {
+                    // Our own backlog never throttles us (we drain it ourselves).
+                    if !Arc::ptr_eq(&h, &self.session)
+                        && !self.throttle.iter().any(|t| Arc::ptr_eq(t, &h))
+                    {
+                        self.throttle.push(h);
+                    }
+                }
             }
             Err(e) => {
                 Metrics::inc(&self.broker.metrics.store_errors);
@@ -1088,6 +1167,31 @@ fn qos_of(q: u8) -> QoS {
     }
 }
 
+/// Longest a publisher's input is paused for one congested batch. Bounded,
+/// so clients publishing to each other cannot deadlock.
+const THROTTLE_MAX: Duration = Duration::from_millis(100);
+
+/// Waits until every session in `hs` has at most `low` unsent messages (or
+/// went offline), for at most [`THROTTLE_MAX`].
+async fn wait_drained(hs: &[SessionRef], low: usize) {
+    let deadline = Instant::now() + THROTTLE_MAX;
+    for h in hs {
+        loop {
+            let n = h.drained.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !h.backlogged(low) {
+                break;
+            }
+            h.throttling
+                .store(true, std::sync::atomic::Ordering::Release);
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -1100,4 +1204,43 @@ fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut b);
     u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn future_sizes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = crate::Config {
+                data_dir: dir.path().into(),
+                ..Default::default()
+            };
+            let b = crate::Broker::open(cfg).unwrap();
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            println!(
+                "Conn: {}",
+                std::mem::size_of::<super::Conn<tokio::net::TcpStream>>()
+            );
+            let f = super::serve(b, c, "127.0.0.1:1".parse().unwrap());
+            println!("serve future: {} bytes", std::mem::size_of_val(&f));
+            println!(
+                "SessionHandle: {}",
+                std::mem::size_of::<crate::broker::SessionHandle>()
+            );
+            println!(
+                "Close {} Packet {} Sleep {}",
+                std::mem::size_of::<super::Close>(),
+                std::mem::size_of::<crate::codec::Packet>(),
+                std::mem::size_of::<tokio::time::Sleep>()
+            );
+        });
+    }
 }

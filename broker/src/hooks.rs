@@ -37,6 +37,11 @@ pub trait Hooks: Send + Sync + 'static {
         username: Option<&str>,
         password: Option<&[u8]>,
     ) -> AuthDecision;
+    /// True if `authenticate` may block (slow hashing, I/O): it then runs on
+    /// a blocking thread. The default is the safe choice.
+    fn blocking_auth(&self) -> bool {
+        true
+    }
     /// May `client` publish to `topic`?
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool;
     /// May `client` subscribe to `filter`?
@@ -110,6 +115,11 @@ impl Hooks for ConfigHooks {
                 }
             }
         }
+    }
+
+    fn blocking_auth(&self) -> bool {
+        // Only password verification (PBKDF2) is slow.
+        self.passwords.is_some()
     }
 
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {

@@ -111,6 +111,8 @@ fn tls_acceptor(cfg: &ListenerConfig) -> Result<TlsAcceptor, ListenerError> {
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
 ) -> Result<WebSocketStream<S>, tokio_tungstenite::tungstenite::Error> {
+    // The error type is fixed by tungstenite's callback signature.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let wants_mqtt = req
             .headers()
@@ -158,8 +160,14 @@ pub async fn start(broker: Arc<Broker>, cfg: &ListenerConfig) -> Result<SocketAd
             match accepted {
                 Ok((sock, peer)) => {
                     let b = broker.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(handle(b, sock, peer, kind, tls));
+                    let _ = sock.set_nodelay(true);
+                    // Plain TCP gets a task sized for TCP alone; the TLS and
+                    // WebSocket set-up futures are much larger.
+                    if kind == ListenerKind::Tcp {
+                        tokio::spawn(serve(b, sock, peer));
+                    } else {
+                        tokio::spawn(handle(b, sock, peer, kind, tls.clone()));
+                    }
                 }
                 Err(e) => {
                     // Usually out of file descriptors: back off, don't spin.
@@ -179,10 +187,9 @@ async fn handle(
     kind: ListenerKind,
     tls: Option<TlsAcceptor>,
 ) {
-    let _ = sock.set_nodelay(true);
     let limit = Duration::from_secs(broker.config.limits.connect_timeout_secs);
     match (kind, tls) {
-        (ListenerKind::Tcp, _) => serve(broker, Stream(sock), peer).await,
+        (ListenerKind::Tcp, _) => serve(broker, sock, peer).await,
         (ListenerKind::Ws, _) => match tokio::time::timeout(limit, upgrade(sock)).await {
             Ok(Ok(ws)) => serve(broker, WsTransport(ws), peer).await,
             Ok(Err(e)) => tracing::info!(%peer, error = %e, "WebSocket upgrade failed"),

@@ -65,7 +65,7 @@ async fn properties_pass_through() {
         ]
     );
     let left = got.message_expiry_interval.expect("expiry forwarded");
-    assert!(left <= 300 && left >= 290, "remaining expiry {left}");
+    assert!((290..=300).contains(&left), "remaining expiry {left}");
 }
 
 #[tokio::test]

@@ -273,6 +273,7 @@ pub struct Raw {
 
 /// What a raw read produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test-only, short-lived values
 pub enum RawEvent {
     Packet(P5),
     V4(rumqttc::mqttbytes::v4::Packet),
