@@ -48,7 +48,8 @@ start() {
       "$COURIER" --config "$work/periodic.toml" --listen "127.0.0.1:$port" --data-dir "$work/periodic" >"$work/$name.log" 2>&1 &;;
     mosquitto)
       mkdir -p "$work/mosq"
-      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/mosq/\nmax_connections -1\n' "$port" "$work" >"$work/mosquitto.conf"
+      # Queue limit raised from its default of 1000 so the offline scenario is fair.
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/mosq/\nmax_connections -1\nmax_queued_messages 100000\n' "$port" "$work" >"$work/mosquitto.conf"
       mosquitto -c "$work/mosquitto.conf" >"$work/$name.log" 2>&1 &;;
     rumqttd)
       cat >"$work/rumqttd.toml" <<TOML
@@ -102,3 +103,5 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo "raw results: $out" >&2
 python3 benches/summarize.py "$out"
+echo "== kill -9 with $((500)) acknowledged QoS 1 messages queued" >&2
+BROKERS="$(echo "$BROKERS" | sed 's/courier-periodic//')" benches/crash.sh | tee -a "$out"

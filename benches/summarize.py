@@ -22,6 +22,7 @@ metrics = {
     "fanin": ["deliveries_per_s", "p50_ms", "p99_ms", "p999_ms", "lost"],
     "offline": ["drain_s", "drain_msgs_per_s", "lost"],
     "conns": ["connects_per_s", "bytes_per_conn", "connected"],
+    "kill9": ["delivered_after_restart"],
 }
 vals = defaultdict(list)
 brokers = []

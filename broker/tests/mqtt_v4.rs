@@ -357,3 +357,54 @@ async fn events_report_connect_drop_and_offline_queueing() {
     .await;
     assert!(wait.is_ok(), "events seen: {saw:?}");
 }
+
+/// A publisher faster than its subscriber is slowed down instead of the
+/// subscriber's queue overflowing (which would drop messages).
+async fn burst_into_small_queue(throttle_backlog: usize) -> (u64, u64) {
+    let b = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 50;
+        c.limits.throttle_backlog = throttle_backlog;
+    })
+    .await;
+    let (sub, mut sel) = client(opts("slow", b.port()));
+    connack(&mut sel).await;
+    sub.subscribe("burst", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut sel).await;
+    const N: u64 = 3000;
+    let mut o = opts("fast", b.port());
+    o.set_inflight(100);
+    let (publ, mut pel) = client(o);
+    tokio::spawn(async move {
+        for i in 0..N {
+            publ.publish("burst", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+    });
+    tokio::spawn(async move { while pel.poll().await.is_ok() {} });
+    let mut got = 0u64;
+    let dropped = || {
+        b.server
+            .broker
+            .metrics
+            .dropped_queue_full
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let _ = tokio::time::timeout(WAIT, async {
+        while got + dropped() < N {
+            match sel.poll().await {
+                Ok(Event::Incoming(Packet::Publish(_))) => got += 1,
+                Ok(_) => {}
+                Err(e) => panic!("subscriber connection failed: {e}"),
+            }
+        }
+    })
+    .await;
+    (got, dropped())
+}
+
+#[tokio::test]
+async fn fast_publisher_is_throttled_not_dropped() {
+    let (got, dropped) = burst_into_small_queue(16).await;
+    assert_eq!((got, dropped), (3000, 0));
+}
