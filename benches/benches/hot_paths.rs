@@ -86,6 +86,7 @@ fn store_bench(c: &mut Criterion) {
         sub_ids: vec![],
         pkid: 0,
         released: false,
+        body: None,
     };
     let mut g = c.benchmark_group("store");
     let mut seq = 0u64;

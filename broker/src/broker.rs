@@ -52,7 +52,7 @@ pub struct SessionHandle {
     /// Some publisher may be waiting on `drained`.
     pub throttling: AtomicBool,
     kick: Mutex<Option<mpsc::Sender<Kick>>>,
-    will: Mutex<Option<PendingWill>>,
+    will: Mutex<Option<Box<PendingWill>>>,
 }
 
 /// Shared reference to a session.
@@ -231,10 +231,12 @@ impl Broker {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
-            for (seq, q) in self.store.read_after(rec.log, 0, usize::MAX)? {
-                let msg = match bodies.get(&q.msg_id) {
-                    Some(m) => m.clone(),
-                    None => match self.store.get_message(q.msg_id)? {
+            for (seq, mut q) in self.store.read_after(rec.log, 0, usize::MAX)? {
+                let inline = q.body.take();
+                let msg = match (inline, bodies.get(&q.msg_id)) {
+                    (Some(body), _) => Arc::new(body),
+                    (None, Some(m)) => m.clone(),
+                    (None, None) => match self.store.get_message(q.msg_id)? {
                         Some(m) => {
                             let m = Arc::new(m);
                             bodies.insert(q.msg_id, m.clone());
@@ -247,10 +249,13 @@ impl Broker {
                         }
                     },
                 };
-                *refs.entry(q.msg_id).or_default() += 1;
+                if q.msg_id != 0 {
+                    *refs.entry(q.msg_id).or_default() += 1;
+                }
                 let d = Delivery {
                     seq,
                     msg_id: q.msg_id,
+                    stored: true,
                     msg,
                     qos: q.qos,
                     retain: q.retain,
@@ -314,6 +319,12 @@ impl Broker {
         self.commit.syncs()
     }
 
+    /// Store writes applied, and cancelled because the delivery was
+    /// acknowledged before its commit.
+    pub fn write_counts(&self) -> (u64, u64) {
+        self.commit.write_counts()
+    }
+
     /// Number of sessions (online and offline).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
@@ -328,7 +339,19 @@ impl Broker {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.commit.durable().await
+        let r = self.commit.durable().await;
+        let (applied, cancelled) = self.commit.write_counts();
+        let (apply_ms, sync_ms) = self.commit.times_ms();
+        let syncs = self.commit.syncs();
+        tracing::info!(
+            syncs,
+            applied,
+            cancelled,
+            apply_ms,
+            sync_ms,
+            "store writes since start"
+        );
+        r
     }
 
     /// A receiver that turns true when the broker shuts down.
@@ -352,17 +375,13 @@ impl Broker {
         }
     }
 
-    /// Writes a persistent session's record.
+    /// Journals a persistent session's record.
     pub(crate) fn save_session(&self, s: &Session, disconnected_at: Option<u64>) {
         if !s.persistent() {
             return;
         }
-        if let Err(e) = self
-            .store
-            .put_session(&self.session_record(s, disconnected_at))
-        {
-            self.store_error(&e);
-        }
+        self.commit
+            .put_session(self.session_record(s, disconnected_at));
     }
 
     fn store_error(&self, e: &StoreError) {
@@ -427,9 +446,7 @@ impl Broker {
                 self.save_session(&s, None);
             } else if was_persistent {
                 // Resumed with expiry 0: it ends with this connection.
-                if let Err(e) = self.store.delete_session(&s.client_id, s.log) {
-                    self.store_error(&e);
-                }
+                self.commit.delete_session(&s.client_id, s.log);
             }
             s.generation
         };
@@ -526,9 +543,7 @@ impl Broker {
         }
         // The log is dropped whole, so entries need no separate removal.
         if persistent || !deliveries.is_empty() {
-            if let Err(e) = self.store.delete_session(&handle.client_id, log) {
-                self.store_error(&e);
-            }
+            self.commit.delete_session(&handle.client_id, log);
         }
         let will = handle.will.lock().take();
         if let (true, Some(w)) = (send_will, will) {
@@ -550,11 +565,11 @@ impl Broker {
             self.publish_will(&client, msg);
             return;
         }
-        *handle.will.lock() = Some(PendingWill {
+        *handle.will.lock() = Some(Box::new(PendingWill {
             generation,
             client,
             msg,
-        });
+        }));
         let me = Arc::downgrade(self);
         let h = handle.clone();
         tokio::spawn(async move {
@@ -593,12 +608,11 @@ impl Broker {
         if msg.retain {
             if msg.payload.is_empty() {
                 self.retained.write().remove(&msg.topic);
-                self.store.delete_retained(&msg.topic)?;
+                self.commit.delete_retained(&msg.topic);
             } else {
-                self.store.put_retained(&msg)?;
-                self.retained
-                    .write()
-                    .insert(msg.topic.clone(), Arc::new(msg.clone()));
+                let m = Arc::new(msg.clone());
+                self.commit.put_retained(m.clone());
+                self.retained.write().insert(msg.topic.clone(), m);
             }
             routed.wrote = true;
         }
@@ -611,8 +625,25 @@ impl Broker {
         }
         // One delivery per session: highest QoS, all subscription ids.
         matched.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+
         let msg = Arc::new(msg);
+        // A body queued for one persistent session only is stored inside
+        // its queue entry (1:1 chat, an offline device): fewer writes.
         let mut msg_id = 0u64;
+        let inline = msg.qos > 0 && {
+            let mut persistent = 0;
+            let mut last: Option<&str> = None;
+            for m in &matched {
+                if last != Some(&*m.client_id)
+                    && m.opts.qos > 0
+                    && m.session.state.lock().persistent()
+                {
+                    persistent += 1;
+                }
+                last = Some(&m.client_id);
+            }
+            persistent == 1
+        };
         let mut i = 0;
         while i < matched.len() {
             let mut j = i + 1;
@@ -636,7 +667,19 @@ impl Broker {
             let Some(sub_qos) = qos else { continue };
             let qos = sub_qos.min(msg.qos);
             let handle = &group[0].session;
-            match self.enqueue(handle, &msg, &mut msg_id, qos, msg.retain && rap, sub_ids)? {
+            let mut stored = false;
+            let queued = self.enqueue(
+                handle,
+                &msg,
+                &mut msg_id,
+                inline,
+                qos,
+                msg.retain && rap,
+                sub_ids,
+                &mut stored,
+            )?;
+            routed.wrote |= stored;
+            match queued {
                 Queued::Dropped => {}
                 Queued::Yes => routed.matched += 1,
                 Queued::Congested => {
@@ -645,21 +688,21 @@ impl Broker {
                 }
             }
         }
-        if msg_id != 0 {
-            routed.wrote = true;
-        }
         Ok(routed)
     }
 
-    /// Queues one delivery for a session.
+    /// Queues one delivery for a session; `wrote` says if it was journaled.
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &self,
         handle: &SessionRef,
         msg: &Arc<Message>,
         msg_id: &mut u64,
+        inline: bool,
         qos: u8,
         retain: bool,
         sub_ids: Vec<u32>,
+        wrote: &mut bool,
     ) -> Result<Queued, StoreError> {
         let mut s = handle.state.lock();
         if !s.online && qos == 0 {
@@ -673,25 +716,35 @@ impl Broker {
         }
         let seq = s.take_seq();
         let stored = s.persistent() && qos > 0;
+        *wrote = stored;
+        let mut entry_msg_id = 0;
         if stored {
-            if *msg_id == 0 {
-                *msg_id = self.store.next_id()?;
-                self.store.put_message(*msg_id, msg)?;
-            }
-            *self.refs.lock().entry(*msg_id).or_default() += 1;
+            let body = if inline {
+                Some((**msg).clone())
+            } else {
+                if *msg_id == 0 {
+                    *msg_id = self.store.next_id()?;
+                    self.commit.put_message(*msg_id, msg.clone());
+                }
+                *self.refs.lock().entry(*msg_id).or_default() += 1;
+                entry_msg_id = *msg_id;
+                None
+            };
             let rec = QueueRecord {
-                msg_id: *msg_id,
+                msg_id: entry_msg_id,
                 qos,
                 retain,
                 sub_ids: sub_ids.clone(),
                 pkid: 0,
                 released: false,
+                body,
             };
-            self.store.put_entry(s.log, seq, &rec)?;
+            self.commit.add_entry(s.log, seq, rec);
         }
         s.push(Delivery {
             seq,
-            msg_id: if stored { *msg_id } else { 0 },
+            msg_id: entry_msg_id,
+            stored,
             msg: msg.clone(),
             qos,
             retain,
@@ -737,28 +790,24 @@ impl Broker {
             }
         };
         if last {
-            if let Err(e) = self.store.delete_message(msg_id) {
-                self.store_error(&e);
-            }
+            self.commit.delete_message(msg_id);
         }
     }
 
     /// A delivery is finished (acknowledged, expired or dropped): removes
     /// its queue entry and releases its message.
     pub(crate) fn complete(&self, log: u64, d: &Delivery) {
-        if d.msg_id == 0 {
+        if !d.stored {
             return;
         }
-        if let Err(e) = self.store.remove_entry(log, d.seq) {
-            self.store_error(&e);
-        }
+        self.commit.remove_entry(log, d.seq);
         self.unref(d.msg_id);
     }
 
     /// Records the packet id (and QoS 2 state) of a sent delivery, so it is
     /// re-sent as a duplicate after a restart.
     pub(crate) fn mark_sent(&self, log: u64, d: &Delivery, pkid: u16, released: bool) {
-        if d.msg_id == 0 {
+        if !d.stored {
             return;
         }
         let rec = QueueRecord {
@@ -768,10 +817,9 @@ impl Broker {
             sub_ids: d.sub_ids.clone(),
             pkid,
             released,
+            body: (d.msg_id == 0).then(|| (*d.msg).clone()),
         };
-        if let Err(e) = self.store.put_entry(log, d.seq, &rec) {
-            self.store_error(&e);
-        }
+        self.commit.update_entry(log, d.seq, rec);
     }
 
     /// Adds a subscription. Returns the retained messages it should receive.
@@ -837,10 +885,11 @@ impl Broker {
     ) -> bool {
         let mut wrote = false;
         for m in msgs {
-            let mut id = 0;
+            let (mut id, mut stored) = (0, false);
             let qos = m.qos.min(granted);
-            match self.enqueue(handle, &m, &mut id, qos, true, sub_id.into_iter().collect()) {
-                Ok(_) => wrote |= id != 0,
+            let ids = sub_id.into_iter().collect();
+            match self.enqueue(handle, &m, &mut id, true, qos, true, ids, &mut stored) {
+                Ok(_) => wrote |= stored,
                 Err(e) => self.store_error(&e),
             }
         }

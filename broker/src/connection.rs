@@ -231,6 +231,13 @@ async fn read_connect<T: Transport>(
     }
 }
 
+/// Topic alias tables of one 5.0 connection.
+#[derive(Default)]
+struct Aliases {
+    incoming: HashMap<u16, String>,
+    outgoing: HashMap<String, u16>,
+}
+
 /// Per-connection protocol state (what does not survive the connection).
 struct Conn<T> {
     broker: Arc<Broker>,
@@ -252,10 +259,10 @@ struct Conn<T> {
     last_seen: Instant,
     max_inflight_out: usize,
     client_max_packet: usize,
-    alias_in: HashMap<u16, String>,
-    alias_out: HashMap<String, u16>,
+    /// 5.0 topic aliases, allocated on first use.
+    aliases: Option<Box<Aliases>>,
     alias_out_max: u16,
-    will: Option<(Message, u32)>,
+    will: Option<Box<(Message, u32)>>,
     /// Incoming QoS 1 publishes acknowledged in `held` (receive maximum).
     unacked_in: usize,
     /// Subscribers whose backlog this connection's publishes filled; input
@@ -393,7 +400,7 @@ impl<T: Transport> Conn<T> {
                     expires_at: wp.message_expiry_interval.map(|e| now + e as u64),
                     props: boxed_props(msg_props),
                 };
-                Some((msg, wp.delay_interval.unwrap_or(0).min(expiry)))
+                Some(Box::new((msg, wp.delay_interval.unwrap_or(0).min(expiry))))
             }
         };
 
@@ -426,8 +433,7 @@ impl<T: Transport> Conn<T> {
                 .max_packet_size
                 .map(|m| m as usize)
                 .unwrap_or(usize::MAX),
-            alias_in: HashMap::new(),
-            alias_out: HashMap::new(),
+            aliases: None,
             alias_out_max: if v5(version) {
                 props.topic_alias_max.unwrap_or(0)
             } else {
@@ -616,7 +622,7 @@ impl<T: Transport> Conn<T> {
         self.t.close().await;
         // A takeover is an abnormal end for the old connection: its will goes
         // (immediately, or cancelled by the resume if it has a delay).
-        if let Some((msg, delay)) = self.will.take() {
+        if let Some((msg, delay)) = self.will.take().map(|w| *w) {
             self.broker.schedule_will(
                 &self.session,
                 self.generation,
@@ -726,15 +732,17 @@ impl<T: Transport> Conn<T> {
         }
         // Outgoing topic aliases save the topic's bytes on every repeat.
         if self.alias_out_max > 0 {
-            let known = self.alias_out.get(&m.topic).copied();
+            let max = self.alias_out_max;
+            let out = &mut self.aliases.get_or_insert_with(Default::default).outgoing;
+            let known = out.get(&m.topic).copied();
             let alias = match known {
                 Some(a) => {
                     p.topic = Bytes::new();
                     Some(a)
                 }
-                None if (self.alias_out.len() as u16) < self.alias_out_max => {
-                    let a = self.alias_out.len() as u16 + 1;
-                    self.alias_out.insert(m.topic.clone(), a);
+                None if (out.len() as u16) < max => {
+                    let a = out.len() as u16 + 1;
+                    out.insert(m.topic.clone(), a);
                     Some(a)
                 }
                 None => None,
@@ -907,8 +915,9 @@ impl<T: Transport> Conn<T> {
                     "topic alias out of range",
                 ));
             }
+            let incoming = &mut self.aliases.get_or_insert_with(Default::default).incoming;
             if topic.is_empty() {
-                match self.alias_in.get(&alias) {
+                match incoming.get(&alias) {
                     Some(t) => topic = t.clone(),
                     None => {
                         return Err(self.protocol_error(
@@ -918,7 +927,7 @@ impl<T: Transport> Conn<T> {
                     }
                 }
             } else {
-                self.alias_in.insert(alias, topic.clone());
+                incoming.insert(alias, topic.clone());
             }
         }
         if let Err(e) = topic::validate_name(&topic, self.broker.topic_limits()) {
@@ -1144,7 +1153,7 @@ impl<T: Transport> Conn<T> {
             let _ = self.flush().await;
         }
         self.t.close().await;
-        let will = self.will.take();
+        let will = self.will.take().map(|w| *w);
         if let (true, Some((msg, delay))) = (close.will, will) {
             self.broker.schedule_will(
                 &self.session,

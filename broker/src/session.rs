@@ -18,8 +18,10 @@ use crate::store::LogId;
 pub struct Delivery {
     /// Position in the session's log (orders deliveries; keys the disk entry).
     pub seq: u64,
-    /// Stored message id, or 0 when the entry is not on disk.
+    /// Shared stored body id, or 0 (body inline in the entry, or not stored).
     pub msg_id: u64,
+    /// The entry is in the store (the session is persistent, QoS > 0).
+    pub stored: bool,
     /// The message.
     pub msg: Arc<Message>,
     /// Delivery QoS.
@@ -345,6 +347,7 @@ mod tests {
         Delivery {
             seq: s.take_seq(),
             msg_id: 0,
+            stored: false,
             msg: msg(n),
             qos,
             retain: false,

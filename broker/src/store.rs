@@ -64,6 +64,9 @@ pub struct QueueRecord {
     pub pkid: u16,
     /// QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP.
     pub released: bool,
+    /// The message itself, when it was queued for this session only (then
+    /// `msg_id` is 0): one record instead of a shared body plus a reference.
+    pub body: Option<Message>,
 }
 
 /// Durable, ordered per-key logs with consumer cursors.
@@ -306,6 +309,7 @@ mod tests {
             sub_ids: vec![],
             pkid: 0,
             released: false,
+            body: None,
         }
     }
 
