@@ -414,6 +414,24 @@ mod tests {
     }
 
     #[test]
+    fn disconnect_with_reason_string_round_trips() {
+        let mut out = BytesMut::new();
+        let d = Disconnect {
+            reason_code: DisconnectReasonCode::ProtocolError,
+            properties: Some(DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some("second CONNECT".into()),
+                user_properties: vec![],
+                server_reference: None,
+            }),
+        };
+        encode(Version::V5, &Packet::Disconnect(d.clone()), &mut out).unwrap();
+        let back = Packet::read(&mut out, None).unwrap();
+        assert_eq!(back, Packet::Disconnect(d));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn garbage_never_panics() {
         // A cheap deterministic fuzz over short byte strings.
         let mut seed = 0x9e3779b97f4a7c15u64;

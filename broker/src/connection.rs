@@ -96,6 +96,8 @@ struct Close {
     will: bool,
     /// Send a DISCONNECT packet (5.0) before closing.
     notify: bool,
+    /// Reason string for the DISCONNECT; a default per code if `None`.
+    why: Option<String>,
 }
 
 impl Close {
@@ -105,6 +107,7 @@ impl Close {
             graceful: false,
             will: true,
             notify: true,
+            why: None,
         }
     }
 
@@ -114,7 +117,52 @@ impl Close {
             graceful: false,
             will: true,
             notify: false,
+            why: None,
         }
+    }
+}
+
+/// A 5.0 DISCONNECT carrying a reason string.
+fn disconnect_packet(reason: DisconnectReasonCode, why: Option<String>) -> Packet {
+    let text = why.unwrap_or_else(|| disconnect_text(reason).to_owned());
+    Packet::Disconnect(Disconnect {
+        reason_code: reason,
+        properties: Some(DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(text),
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    })
+}
+
+fn disconnect_text(reason: DisconnectReasonCode) -> &'static str {
+    use DisconnectReasonCode as D;
+    match reason {
+        D::SessionTakenOver => "another connection took over this client id",
+        D::ServerShuttingDown => "server shutting down",
+        D::KeepAliveTimeout => "nothing received within 1.5 x keep alive",
+        D::PacketTooLarge => "packet exceeds the maximum packet size",
+        D::ReceiveMaximumExceeded => "more unacknowledged QoS 1/2 publishes than receive maximum",
+        D::TopicAliasInvalid => "topic alias out of range",
+        D::TopicNameInvalid => "invalid topic name",
+        D::MalformedPacket => "malformed packet",
+        D::ProtocolError => "protocol error",
+        _ => "error",
+    }
+}
+
+fn connack_text(code: ConnectReturnCode) -> &'static str {
+    use ConnectReturnCode as C;
+    match code {
+        C::BadUserNamePassword => "bad user name or password",
+        C::NotAuthorized => "not authorized to connect",
+        C::ServerBusy => "server at its connection limit",
+        C::ClientIdentifierNotValid => "empty client id needs clean session",
+        C::BadAuthenticationMethod => "enhanced authentication is not supported",
+        C::TopicNameInvalid => "invalid will topic",
+        C::ServerUnavailable => "server unavailable",
+        _ => "refused",
     }
 }
 
@@ -202,7 +250,25 @@ async fn refuse<T: Transport>(
     let ack = ConnAck {
         session_present: false,
         code,
-        properties: None,
+        properties: (version == Version::V5).then(|| ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: Some(connack_text(code).to_owned()),
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }),
     };
     let _ = codec::encode(version, &Packet::ConnAck(ack), &mut out);
     t.write_all(&out).await
@@ -261,6 +327,8 @@ struct Conn<T> {
     client_max_packet: usize,
     /// 5.0 topic aliases, allocated on first use.
     aliases: Option<Box<Aliases>>,
+    /// The client accepts reason strings on acknowledgements (5.0).
+    problem_info: bool,
     alias_out_max: u16,
     will: Option<Box<(Message, u32)>>,
     /// Incoming QoS 1 publishes acknowledged in `held` (receive maximum).
@@ -434,6 +502,7 @@ impl<T: Transport> Conn<T> {
                 .map(|m| m as usize)
                 .unwrap_or(usize::MAX),
             aliases: None,
+            problem_info: v5(version) && props.request_problem_info != Some(0),
             alias_out_max: if v5(version) {
                 props.topic_alias_max.unwrap_or(0)
             } else {
@@ -534,10 +603,11 @@ impl<T: Transport> Conn<T> {
                         tracing::info!(client_id = %self.client.client_id, "session taken over");
                         Box::pin(self.finish_takeover(reply)).await;
                         return Close {
-                            reason: DisconnectReasonCode::SessionTakenOver,
+                                                        reason: DisconnectReasonCode::SessionTakenOver,
                             graceful: false,
                             will: false,
                             notify: false,
+                            why: None,
                         };
                     }
                 }
@@ -615,8 +685,8 @@ impl<T: Transport> Conn<T> {
     async fn finish_takeover(&mut self, reply: Kick) {
         if v5(self.version) {
             let mut out = BytesMut::new();
-            let d = Disconnect::new(DisconnectReasonCode::SessionTakenOver);
-            let _ = codec::encode(self.version, &Packet::Disconnect(d), &mut out);
+            let d = disconnect_packet(DisconnectReasonCode::SessionTakenOver, None);
+            let _ = codec::encode(self.version, &d, &mut out);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.t.write_all(&out)).await;
         }
         self.t.close().await;
@@ -783,7 +853,10 @@ impl<T: Transport> Conn<T> {
     fn protocol_error(&self, reason: DisconnectReasonCode, why: &str) -> Close {
         Metrics::inc(&self.broker.metrics.protocol_errors);
         tracing::info!(client_id = %self.client.client_id, peer = %self.peer, ?reason, "{why}");
-        Close::error(reason)
+        Close {
+            why: Some(why.to_owned()),
+            ..Close::error(reason)
+        }
     }
 
     fn handle(&mut self, p: Packet) -> Result<(), Close> {
@@ -882,6 +955,7 @@ impl<T: Transport> Conn<T> {
                     graceful: true,
                     will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
                     notify: false,
+                    why: None,
                 })
             }
             Packet::Connect(..) => {
@@ -952,12 +1026,22 @@ impl<T: Transport> Conn<T> {
             self.ack(&Packet::PubRec(PubRec::new(p.pkid, None)));
             return Ok(());
         }
+        let problem_info = self.problem_info;
         let reply = |reason: PubAckReason| -> Option<Packet> {
+            let text = match reason {
+                PubAckReason::NotAuthorized => Some("not authorized to publish to this topic"),
+                PubAckReason::PayloadFormatInvalid => Some("payload is not valid UTF-8"),
+                _ => None,
+            };
+            let text = text.filter(|_| problem_info).map(str::to_owned);
             match qos {
                 1 => Some(Packet::PubAck(PubAck {
                     pkid: p.pkid,
                     reason,
-                    properties: None,
+                    properties: text.map(|t| PubAckProperties {
+                        reason_string: Some(t),
+                        user_properties: Vec::new(),
+                    }),
                 })),
                 2 => {
                     let r = match reason {
@@ -969,7 +1053,10 @@ impl<T: Transport> Conn<T> {
                     Some(Packet::PubRec(PubRec {
                         pkid: p.pkid,
                         reason: r,
-                        properties: None,
+                        properties: text.map(|t| PubRecProperties {
+                            reason_string: Some(t),
+                            user_properties: Vec::new(),
+                        }),
                     }))
                 }
                 _ => None,
@@ -1123,10 +1210,29 @@ impl<T: Transport> Conn<T> {
         if self.session.state.lock().persistent() && self.broker.sync_acks() {
             self.must_sync = true;
         }
+        // One reason string naming each refused filter (5.0).
+        let refused: Vec<String> = s
+            .filters
+            .iter()
+            .zip(&codes)
+            .filter_map(|(f, c)| {
+                let why = match c {
+                    SubscribeReasonCode::Success(_) => return None,
+                    SubscribeReasonCode::NotAuthorized => "not authorized",
+                    SubscribeReasonCode::QuotaExceeded => "too many subscriptions",
+                    _ => "invalid filter",
+                };
+                Some(format!("{}: {why}", f.path))
+            })
+            .collect();
+        let properties = (self.problem_info && !refused.is_empty()).then(|| SubAckProperties {
+            reason_string: Some(refused.join("; ")),
+            user_properties: Vec::new(),
+        });
         self.ack(&Packet::SubAck(SubAck {
             pkid: s.pkid,
             return_codes: codes,
-            properties: None,
+            properties,
         }));
         if !self.must_sync {
             for (msgs, granted, id) in std::mem::take(&mut self.deferred) {
@@ -1145,8 +1251,8 @@ impl<T: Transport> Conn<T> {
         }
         if close.notify && v5(self.version) {
             self.out.clear();
-            let d = Disconnect::new(close.reason);
-            self.send(&Packet::Disconnect(d));
+            let d = disconnect_packet(close.reason, close.why);
+            self.send(&d);
             let out = std::mem::take(&mut self.out);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.t.write_all(&out)).await;
         } else if close.graceful && !self.out.is_empty() {

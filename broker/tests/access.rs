@@ -180,13 +180,16 @@ async fn acl_denied_subscribe_v5_is_0x87() {
     ])
     .await
     .unwrap();
+    let ack = suback(&mut el).await;
     assert_eq!(
-        suback(&mut el).await.return_codes,
+        ack.return_codes,
         vec![
             SubscribeReasonCode::Success(QoS::AtLeastOnce),
             SubscribeReasonCode::NotAuthorized
         ]
     );
+    let text = ack.properties.and_then(|p| p.reason_string);
+    assert_eq!(text.as_deref(), Some("#: not authorized"));
 }
 
 /// A test CA and a server certificate for `localhost`, written to `dir`.

@@ -169,7 +169,9 @@ async fn connection_limit_refuses_with_connack() {
             assert_eq!(
                 a.code,
                 rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ServerBusy
-            )
+            );
+            let text = a.properties.and_then(|p| p.reason_string);
+            assert_eq!(text.as_deref(), Some("server at its connection limit"));
         }
         other => panic!("{other:?}"),
     }
@@ -214,4 +216,27 @@ async fn healthy_client_survives_a_barrage() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 50
     );
+}
+
+#[tokio::test]
+async fn disconnect_explains_itself() {
+    let b = TestBroker::start().await;
+    let mut r = connected5(&b, "explain").await;
+    let mut bytes = bytes::BytesMut::new();
+    Packet::Publish(Publish::new("a/#", QoS::AtMostOnce, "x", None))
+        .write(&mut bytes, None)
+        .unwrap();
+    r.send_bytes(&bytes).await;
+    match r.next().await {
+        RawEvent::Packet(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, R::TopicNameInvalid);
+            let text = d
+                .properties
+                .and_then(|p| p.reason_string)
+                .unwrap_or_default();
+            assert!(text.contains("invalid PUBLISH topic"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(r.next().await, RawEvent::Closed));
 }

@@ -521,7 +521,16 @@ async fn puback_reason_codes_for_refused_publishes() {
     let mut reasons = Vec::new();
     for _ in 0..2 {
         match r.next().await {
-            RawEvent::Packet(Packet::PubAck(PubAck { pkid, reason, .. })) => {
+            RawEvent::Packet(Packet::PubAck(PubAck {
+                pkid,
+                reason,
+                properties,
+            })) => {
+                let text = properties.and_then(|p| p.reason_string);
+                assert!(
+                    text.is_some_and(|t| !t.is_empty()),
+                    "refusal carries a reason string"
+                );
                 reasons.push((pkid, reason))
             }
             other => panic!("{other:?}"),
