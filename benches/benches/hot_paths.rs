@@ -79,15 +79,7 @@ fn router_bench(c: &mut Criterion) {
 fn store_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    let rec = QueueRecord {
-        msg_id: 1,
-        qos: 1,
-        retain: false,
-        sub_ids: vec![],
-        pkid: 0,
-        released: false,
-        body: None,
-    };
+    let rec = QueueRecord::new(1, 1);
     let mut g = c.benchmark_group("store");
     let mut seq = 0u64;
     g.bench_function("append_then_ack", |b| {

@@ -294,15 +294,7 @@ mod tests {
     use crate::store::{LogStore, SledStore};
 
     fn rec(msg_id: u64) -> QueueRecord {
-        QueueRecord {
-            msg_id,
-            qos: 1,
-            retain: false,
-            sub_ids: vec![],
-            pkid: 0,
-            released: false,
-            body: None,
-        }
+        QueueRecord::new(msg_id, 1)
     }
 
     fn msg() -> Arc<Message> {

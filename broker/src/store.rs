@@ -69,6 +69,21 @@ pub struct QueueRecord {
     pub body: Option<Message>,
 }
 
+impl QueueRecord {
+    /// A not-yet-sent entry referring to stored message `msg_id`.
+    pub fn new(msg_id: u64, qos: u8) -> QueueRecord {
+        QueueRecord {
+            msg_id,
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+            pkid: 0,
+            released: false,
+            body: None,
+        }
+    }
+}
+
 /// Durable, ordered per-key logs with consumer cursors.
 pub trait LogStore: Send + Sync {
     /// Writes entry `seq` of `log` (insert or overwrite).
@@ -302,15 +317,7 @@ mod tests {
     use super::*;
 
     fn rec(msg_id: u64) -> QueueRecord {
-        QueueRecord {
-            msg_id,
-            qos: 1,
-            retain: false,
-            sub_ids: vec![],
-            pkid: 0,
-            released: false,
-            body: None,
-        }
+        QueueRecord::new(msg_id, 1)
     }
 
     #[test]

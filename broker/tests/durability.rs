@@ -12,16 +12,7 @@ async fn queued_messages_survive_kill9() {
     use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&data_dir(&dir));
-    let mut phone = opts("phone", broker.port);
-    phone.set_clean_session(false);
-    {
-        let (c, mut el) = client(phone.clone());
-        connack(&mut el).await;
-        c.subscribe("chat/phone", QoS::AtLeastOnce).await.unwrap();
-        suback(&mut el).await;
-        c.disconnect().await.unwrap();
-        let _ = publishes_within(&mut el, std::time::Duration::from_millis(50)).await;
-    }
+    subscribe_and_leave(&opts("phone", broker.port), "chat/phone").await;
     const N: u32 = 500;
     let (publ, mut pel) = client(opts("sender", broker.port));
     let sender = tokio::spawn(async move {

@@ -114,63 +114,73 @@ pub fn data_dir(t: &tempfile::TempDir) -> PathBuf {
 
 // ---- rumqttc helpers ---------------------------------------------------
 
+/// The same helpers for rumqttc's 3.1.1 and 5.0 clients, whose types differ.
+macro_rules! client_helpers {
+    ($packet:ty, $connack:ty, $suback:ty, $publish:ty) => {
+        pub fn opts(id: &str, port: u16) -> MqttOptions {
+            let mut o = MqttOptions::new(id, "127.0.0.1", port);
+            o.set_keep_alive(Duration::from_secs(30));
+            o
+        }
+
+        pub fn client(o: MqttOptions) -> (AsyncClient, EventLoop) {
+            AsyncClient::new(o, 100)
+        }
+
+        /// Polls until `pick` returns Some, or panics at the deadline.
+        pub async fn until<T>(
+            el: &mut EventLoop,
+            mut pick: impl FnMut(&$packet) -> Option<T>,
+        ) -> T {
+            tokio::time::timeout(WAIT, async {
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(p)) => {
+                            if let Some(t) = pick(&p) {
+                                return t;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("connection error: {e}"),
+                    }
+                }
+            })
+            .await
+            .expect("event within deadline")
+        }
+
+        pub async fn connack(el: &mut EventLoop) -> $connack {
+            until(el, |p| match p {
+                Packet::ConnAck(c) => Some(c.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        pub async fn suback(el: &mut EventLoop) -> $suback {
+            until(el, |p| match p {
+                Packet::SubAck(s) => Some(s.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        pub async fn publish(el: &mut EventLoop) -> $publish {
+            until(el, |p| match p {
+                Packet::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
+}
+
 #[allow(unused_imports)]
 pub mod v4 {
     use super::*;
     pub use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Packet, QoS};
 
-    pub fn opts(id: &str, port: u16) -> MqttOptions {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    }
-
-    pub fn client(o: MqttOptions) -> (AsyncClient, EventLoop) {
-        AsyncClient::new(o, 100)
-    }
-
-    /// Polls until `pick` returns Some, or panics at the deadline.
-    pub async fn until<T>(el: &mut EventLoop, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(p)) => {
-                        if let Some(t) = pick(&p) {
-                            return t;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("connection error: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("event within deadline")
-    }
-
-    pub async fn connack(el: &mut EventLoop) -> rumqttc::ConnAck {
-        until(el, |p| match p {
-            Packet::ConnAck(c) => Some(c.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn suback(el: &mut EventLoop) -> rumqttc::SubAck {
-        until(el, |p| match p {
-            Packet::SubAck(s) => Some(s.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn publish(el: &mut EventLoop) -> rumqttc::Publish {
-        until(el, |p| match p {
-            Packet::Publish(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await
-    }
+    client_helpers!(Packet, rumqttc::ConnAck, rumqttc::SubAck, rumqttc::Publish);
 
     pub async fn puback(el: &mut EventLoop) -> u16 {
         until(el, |p| match p {
@@ -178,6 +188,19 @@ pub mod v4 {
             _ => None,
         })
         .await
+    }
+
+    /// Connects with a persistent session, subscribes at QoS 1 and leaves
+    /// with DISCONNECT, so messages are queued for it.
+    pub async fn subscribe_and_leave(o: &MqttOptions, filter: &str) {
+        let mut o = o.clone();
+        o.set_clean_session(false);
+        let (c, mut el) = client(o);
+        connack(&mut el).await;
+        c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        suback(&mut el).await;
+        c.disconnect().await.unwrap();
+        let _ = publishes_within(&mut el, Duration::from_millis(50)).await;
     }
 
     /// Drives the event loop for a while and returns any publishes seen.
@@ -208,57 +231,7 @@ pub mod v5 {
     pub use rumqttc::v5::mqttbytes::QoS;
     pub use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 
-    pub fn opts(id: &str, port: u16) -> MqttOptions {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o
-    }
-
-    pub fn client(o: MqttOptions) -> (AsyncClient, EventLoop) {
-        AsyncClient::new(o, 100)
-    }
-
-    pub async fn until<T>(el: &mut EventLoop, mut pick: impl FnMut(&Packet) -> Option<T>) -> T {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(p)) => {
-                        if let Some(t) = pick(&p) {
-                            return t;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("connection error: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("event within deadline")
-    }
-
-    pub async fn connack(el: &mut EventLoop) -> ConnAck {
-        until(el, |p| match p {
-            Packet::ConnAck(c) => Some(c.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn suback(el: &mut EventLoop) -> SubAck {
-        until(el, |p| match p {
-            Packet::SubAck(s) => Some(s.clone()),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn publish(el: &mut EventLoop) -> Publish {
-        until(el, |p| match p {
-            Packet::Publish(p) => Some(p.clone()),
-            _ => None,
-        })
-        .await
-    }
+    client_helpers!(Packet, ConnAck, SubAck, Publish);
 }
 
 // ---- raw client: exact bytes in, decoded packets out -------------------
