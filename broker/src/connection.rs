@@ -689,7 +689,6 @@ impl<T: Transport> Conn<T> {
             let _ = codec::encode(self.version, &d, &mut out);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.t.write_all(&out)).await;
         }
-        self.t.close().await;
         // A takeover is an abnormal end for the old connection: its will goes
         // (immediately, or cancelled by the resume if it has a delay).
         if let Some((msg, delay)) = self.will.take().map(|w| *w) {
@@ -707,7 +706,10 @@ impl<T: Transport> Conn<T> {
             graceful: false,
         });
         self.generation = 0;
+        // Release the new connection before closing ours: the old peer is
+        // often gone, and a close handshake must not delay the takeover.
         let _ = reply.send(());
+        self.t.close().await;
     }
 
     /// Moves deliveries from the session into the output buffer. Returns

@@ -77,7 +77,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
     }
 
     async fn close(&mut self) {
+        // RFC 6455 closing handshake: send Close, then read until the
+        // peer's Close (or EOF), so a client still writing sees a clean end
+        // rather than a reset.
         let _ = self.0.close(None).await;
+        let drain = async { while let Some(Ok(_)) = self.0.next().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 }
 
