@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
 
 use crate::acl::Acl;
 use crate::auth::{AuthError, PasswordFile};
@@ -51,7 +51,7 @@ pub struct SessionHandle {
     pub drained: Notify,
     /// Some publisher may be waiting on `drained`.
     pub throttling: AtomicBool,
-    kick: Mutex<Option<mpsc::Sender<Kick>>>,
+    kick: Mutex<Option<oneshot::Sender<Kick>>>,
     will: Mutex<Option<Box<PendingWill>>>,
 }
 
@@ -73,7 +73,7 @@ pub struct Attached {
     /// This attachment's generation.
     pub generation: u64,
     /// Receives a takeover request.
-    pub kick: mpsc::Receiver<Kick>,
+    pub kick: oneshot::Receiver<Kick>,
 }
 
 /// Result of routing one publish.
@@ -404,7 +404,7 @@ impl Broker {
             let kick = h.kick.lock().take();
             if let Some(k) = kick {
                 let (tx, rx) = oneshot::channel();
-                if k.send(tx).await.is_ok() {
+                if k.send(tx).is_ok() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
                 }
             }
@@ -432,7 +432,9 @@ impl Broker {
             }
         };
         drop(registry);
-        let (tx, rx) = mpsc::channel(1);
+        // A oneshot: tens of bytes per connection, where an mpsc channel
+        // allocates a block of slots up front.
+        let (tx, rx) = oneshot::channel();
         *handle.kick.lock() = Some(tx);
         // Reconnecting cancels a pending (delayed) will.
         handle.will.lock().take();

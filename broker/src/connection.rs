@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::broker::{Broker, Kick, SessionRef};
@@ -312,7 +312,8 @@ struct Conn<T> {
     client: ClientInfo,
     session: SessionRef,
     generation: u64,
-    kick: mpsc::Receiver<Kick>,
+    /// Takeover request; `None` once the sender is gone.
+    kick: Option<oneshot::Receiver<Kick>>,
     inbuf: BytesMut,
     out: BytesMut,
     /// Acks that go out after the next durable sync.
@@ -488,7 +489,7 @@ impl<T: Transport> Conn<T> {
             client: client.clone(),
             session: attached.session,
             generation: attached.generation,
-            kick: attached.kick,
+            kick: Some(attached.kick),
             inbuf,
             out: BytesMut::new(),
             held: BytesMut::new(),
@@ -598,18 +599,16 @@ impl<T: Transport> Conn<T> {
             let low = self.broker.config.limits.throttle_backlog / 2;
             tokio::select! {
                 biased;
-                k = self.kick.recv() => {
-                    if let Some(reply) = k {
-                        tracing::info!(client_id = %self.client.client_id, "session taken over");
-                        Box::pin(self.finish_takeover(reply)).await;
-                        return Close {
-                                                        reason: DisconnectReasonCode::SessionTakenOver,
-                            graceful: false,
-                            will: false,
-                            notify: false,
-                            why: None,
-                        };
-                    }
+                reply = kicked(&mut self.kick) => {
+                    tracing::info!(client_id = %self.client.client_id, "session taken over");
+                    Box::pin(self.finish_takeover(reply)).await;
+                    return Close {
+                        reason: DisconnectReasonCode::SessionTakenOver,
+                        graceful: false,
+                        will: false,
+                        notify: false,
+                        why: None,
+                    };
                 }
                 _ = shutdown.changed() => {
                     return Close { will: false, ..Close::error(DisconnectReasonCode::ServerShuttingDown) };
@@ -670,10 +669,8 @@ impl<T: Transport> Conn<T> {
         let res = tokio::select! {
             r = self.t.write_all(&out) => r,
             // A takeover must not wait behind a write to a dead peer.
-            k = self.kick.recv() => {
-                if let Some(reply) = k {
-                    Box::pin(self.finish_takeover(reply)).await;
-                }
+            reply = kicked(&mut self.kick) => {
+                Box::pin(self.finish_takeover(reply)).await;
                 return Err(Close { will: false, ..Close::dropped() });
             }
         };
@@ -1290,6 +1287,18 @@ fn qos_of(q: u8) -> QoS {
         1 => QoS::AtLeastOnce,
         _ => QoS::ExactlyOnce,
     }
+}
+
+/// Waits for a takeover request. If the session dropped the sender without
+/// asking, waits forever (and never reports the closed channel again).
+async fn kicked(k: &mut Option<oneshot::Receiver<Kick>>) -> Kick {
+    if let Some(rx) = k.as_mut() {
+        if let Ok(reply) = rx.await {
+            return reply;
+        }
+        *k = None;
+    }
+    std::future::pending().await
 }
 
 /// Longest a publisher's input is paused for one congested batch. Bounded,
