@@ -226,11 +226,13 @@ impl Broker {
         let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
         let limits = self.session_limits();
         let records = self.store.load_sessions()?;
+        use crate::store::SENT_CURSOR;
         let count = records.len();
         for rec in records {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
+            let sent = self.store.cursor(rec.log, SENT_CURSOR)?;
             for (seq, mut q) in self.store.read_after(rec.log, 0, usize::MAX)? {
                 let inline = q.body.take();
                 let msg = match (inline, bodies.get(&q.msg_id)) {
@@ -261,7 +263,8 @@ impl Broker {
                     retain: q.retain,
                     sub_ids: q.sub_ids,
                 };
-                s.restore(d, q.pkid, q.released);
+                let released = q.released;
+                s.restore(d, seq <= sent || released, released);
             }
             let handle = self.new_handle(s);
             {
@@ -737,7 +740,6 @@ impl Broker {
                 qos,
                 retain,
                 sub_ids: sub_ids.clone(),
-                pkid: 0,
                 released: false,
                 body,
             };
@@ -806,9 +808,17 @@ impl Broker {
         self.unref(d.msg_id);
     }
 
-    /// Records the packet id (and QoS 2 state) of a sent delivery, so it is
-    /// re-sent as a duplicate after a restart.
-    pub(crate) fn mark_sent(&self, log: u64, d: &Delivery, pkid: u16, released: bool) {
+    /// Records that a delivery was sent, so it is resent as a duplicate
+    /// (with the same packet id, derived from its sequence) after a restart.
+    pub(crate) fn mark_sent(&self, log: u64, d: &Delivery) {
+        if d.stored {
+            self.commit.set_sent(log, d.seq);
+        }
+    }
+
+    /// Records that a QoS 2 delivery got its PUBREC (PUBREL is resent after
+    /// a restart, not the message).
+    pub(crate) fn mark_released(&self, log: u64, d: &Delivery) {
         if !d.stored {
             return;
         }
@@ -817,8 +827,7 @@ impl Broker {
             qos: d.qos,
             retain: d.retain,
             sub_ids: d.sub_ids.clone(),
-            pkid,
-            released,
+            released: true,
             body: (d.msg_id == 0).then(|| (*d.msg).clone()),
         };
         self.commit.update_entry(log, d.seq, rec);

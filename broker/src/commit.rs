@@ -38,6 +38,7 @@ enum Op {
     PutEntry(LogId, u64, QueueRecord),
     RemoveEntry(LogId, u64),
     PutRetained(Arc<Message>),
+    SetCursor(LogId, u64),
     DeleteRetained(String),
     /// Cancelled before it was applied.
     Cancelled,
@@ -55,6 +56,7 @@ struct Journal {
     ops: Vec<Op>,
     entries: HashMap<(LogId, u64), EntrySlot>,
     messages: HashMap<u64, usize>,
+    cursors: HashMap<LogId, usize>,
 }
 
 impl Journal {
@@ -107,6 +109,7 @@ impl GroupCommit {
                 let mut j = self.journal.lock();
                 j.entries.clear();
                 j.messages.clear();
+                j.cursors.clear();
                 std::mem::take(&mut j.ops)
             };
             let s = store.clone();
@@ -152,6 +155,7 @@ impl GroupCommit {
                 Op::RemoveEntry(log, seq) => store.remove_entry(log, seq),
                 Op::PutRetained(m) => store.put_retained(&m),
                 Op::DeleteRetained(t) => store.delete_retained(&t),
+                Op::SetCursor(log, seq) => store.set_cursor(log, crate::store::SENT_CURSOR, seq),
                 Op::Cancelled => {
                     self.cancelled.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -237,6 +241,20 @@ impl GroupCommit {
                 j.push(Op::RemoveEntry(log, seq));
             }
         }
+    }
+
+    /// Journals that `log` has been sent up to `seq`; one write per log per
+    /// commit however many deliveries move it.
+    pub fn set_sent(&self, log: LogId, seq: u64) {
+        let mut j = self.journal.lock();
+        if let Some(&i) = j.cursors.get(&log) {
+            if let Op::SetCursor(_, s) = &mut j.ops[i] {
+                *s = (*s).max(seq);
+                return;
+            }
+        }
+        let i = j.push(Op::SetCursor(log, seq));
+        j.cursors.insert(log, i);
     }
 
     /// Journals a retained message.
@@ -332,7 +350,14 @@ mod tests {
         let gc = GroupCommit::start(store.clone());
         gc.put_message(1, msg());
         gc.add_entry(9, 1, rec(1));
-        gc.update_entry(9, 1, QueueRecord { pkid: 5, ..rec(1) });
+        gc.update_entry(
+            9,
+            1,
+            QueueRecord {
+                released: true,
+                ..rec(1)
+            },
+        );
         gc.remove_entry(9, 1);
         gc.delete_message(1);
         // A second entry stays pending until the commit, then is on disk.
@@ -345,7 +370,14 @@ mod tests {
         assert_eq!(entries.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2]);
         assert_eq!(gc.write_counts(), (2, 2), "(applied, cancelled)");
         // Removal after it was written is applied at the next commit.
-        gc.update_entry(9, 2, QueueRecord { pkid: 7, ..rec(2) });
+        gc.update_entry(
+            9,
+            2,
+            QueueRecord {
+                released: true,
+                ..rec(2)
+            },
+        );
         gc.remove_entry(9, 2);
         gc.delete_message(2);
         gc.durable().await.unwrap();

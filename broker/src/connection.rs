@@ -759,7 +759,7 @@ impl<T: Transport> Conn<T> {
                     return;
                 };
                 if pkid != 0 && !dup {
-                    self.broker.mark_sent(log, &delivery, pkid, false);
+                    self.broker.mark_sent(log, &delivery);
                 }
                 Metrics::inc(&self.broker.metrics.publish_sent);
                 self.send(&Packet::Publish(p));
@@ -877,7 +877,7 @@ impl<T: Transport> Conn<T> {
                     (s.log, s.on_pubrec(r.pkid))
                 };
                 if let Some(d) = &rec {
-                    self.broker.mark_sent(log, d, r.pkid, true);
+                    self.broker.mark_released(log, d);
                 }
                 let reason = if rec.is_some() {
                     PubRelReason::Success

@@ -13,6 +13,13 @@ use crate::message::Message;
 use crate::router::SubOptions;
 use crate::store::LogId;
 
+/// The packet id a delivery is sent with, derived from its position in the
+/// log: after a restart the same id is used again without having been
+/// stored per message.
+pub fn pkid_for(seq: u64) -> u16 {
+    (seq % 65_535) as u16 + 1
+}
+
 /// A message queued for one session.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -100,7 +107,6 @@ pub struct Session {
     queued_bytes: u64,
     inflight: HashMap<u16, Inflight>,
     incoming_qos2: HashSet<u16>,
-    next_pkid: u16,
     next_seq: u64,
     limits: SessionLimits,
 }
@@ -119,7 +125,6 @@ impl Session {
             queued_bytes: 0,
             inflight: HashMap::new(),
             incoming_qos2: HashSet::new(),
-            next_pkid: 0,
             next_seq: 1,
             limits,
         }
@@ -164,10 +169,13 @@ impl Session {
         self.queue.push_back(d);
     }
 
-    /// Restores an entry loaded from disk, in sequence order.
-    pub fn restore(&mut self, d: Delivery, pkid: u16, released: bool) {
+    /// Restores an entry loaded from disk, in sequence order. `sent`: it
+    /// had been sent before the restart, so it goes out again as a
+    /// duplicate with the same packet id.
+    pub fn restore(&mut self, d: Delivery, sent: bool, released: bool) {
         self.next_seq = self.next_seq.max(d.seq + 1);
-        if pkid == 0 {
+        let pkid = pkid_for(d.seq);
+        if !sent || self.inflight.contains_key(&pkid) {
             self.push(d);
         } else {
             self.inflight.insert(
@@ -179,19 +187,6 @@ impl Session {
                 },
             );
         }
-    }
-
-    fn alloc_pkid(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid == 0 {
-                self.next_pkid = 1;
-            }
-            if !self.inflight.contains_key(&self.next_pkid) {
-                return Some(self.next_pkid);
-            }
-        }
-        None
     }
 
     /// The next thing to send, if the in-flight window (`max_inflight`) has
@@ -206,7 +201,17 @@ impl Session {
         if front.qos > 0 && self.inflight.len() >= max_inflight {
             return None;
         }
-        let pkid = if front.qos > 0 { self.alloc_pkid()? } else { 0 };
+        let pkid = if front.qos > 0 {
+            let p = pkid_for(front.seq);
+            if self.inflight.contains_key(&p) {
+                // Rare: 65,535 later messages went out while this id is
+                // still unacknowledged. Wait for it.
+                return None;
+            }
+            p
+        } else {
+            0
+        };
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.cost();
         if pkid != 0 {
@@ -417,6 +422,23 @@ mod tests {
         assert!(s.on_pubrec(p1).is_some());
         assert!(matches!(s.resend()[0], Next::PubRel(p) if p == p1));
         assert!(s.on_pubcomp(p1).is_some());
+    }
+
+    #[test]
+    fn packet_ids_follow_the_log_and_never_collide() {
+        let mut s = session();
+        let first = delivery(&mut s, 1, 1);
+        let mut later = delivery(&mut s, 1, 2);
+        later.seq = first.seq + 65_535; // same derived packet id
+        s.push(first.clone());
+        s.push(later);
+        assert_eq!(pkid(s.next(10, 0)), pkid_for(first.seq));
+        assert!(
+            s.next(10, 0).is_none(),
+            "waits while its packet id is in use"
+        );
+        assert!(s.on_puback(pkid_for(first.seq)).is_some());
+        assert_eq!(pkid(s.next(10, 0)), pkid_for(first.seq));
     }
 
     #[test]

@@ -60,8 +60,7 @@ pub struct QueueRecord {
     pub retain: bool,
     /// Matching subscription identifiers.
     pub sub_ids: Vec<u32>,
-    /// Packet id once sent (0: not sent yet).
-    pub pkid: u16,
+
     /// QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP.
     pub released: bool,
     /// The message itself, when it was queued for this session only (then
@@ -77,12 +76,16 @@ impl QueueRecord {
             qos,
             retain: false,
             sub_ids: Vec::new(),
-            pkid: 0,
             released: false,
             body: None,
         }
     }
 }
+
+/// Cursor name under which a session's log records the highest sequence
+/// number sent; entries at or below it are resent as duplicates after a
+/// restart.
+pub const SENT_CURSOR: &str = "sent";
 
 /// Durable, ordered per-key logs with consumer cursors.
 pub trait LogStore: Send + Sync {

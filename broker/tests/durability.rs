@@ -153,3 +153,62 @@ async fn sigterm_closes_clients_and_exits_cleanly() {
         Some(DisconnectReasonCode::ServerShuttingDown)
     );
 }
+
+#[tokio::test]
+async fn qos2_release_state_survives_kill9() {
+    use common::v4::*;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let connect = || {
+        let mut c = raw4::Connect::new("q2-worker");
+        c.clean_session = false;
+        raw4::Packet::Connect(c)
+    };
+    let mut r = Raw::connect(addr(broker.port), false).await;
+    r.send4(connect()).await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::V4(raw4::Packet::ConnAck(_))
+    ));
+    r.send4(raw4::Packet::Subscribe(raw4::Subscribe::new(
+        "q2",
+        rumqttc::mqttbytes::QoS::ExactlyOnce,
+    )))
+    .await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::V4(raw4::Packet::SubAck(_))
+    ));
+
+    let (publ, mut pel) = client(opts("q2-boss", broker.port));
+    publ.publish("q2", QoS::ExactlyOnce, false, "once")
+        .await
+        .unwrap();
+    until(&mut pel, |p| matches!(p, Packet::PubComp(_)).then_some(())).await;
+    let pkid = match r.next().await {
+        RawEvent::V4(raw4::Packet::Publish(p)) => p.pkid,
+        other => panic!("{other:?}"),
+    };
+    // PUBREC: the broker answers PUBREL; the client never sends PUBCOMP.
+    r.send4(raw4::Packet::PubRec(raw4::PubRec::new(pkid))).await;
+    assert!(matches!(r.next().await, RawEvent::V4(raw4::Packet::PubRel(p)) if p.pkid == pkid));
+    // A durable write after it makes sure the release state is on disk.
+    publ.publish("flush", QoS::AtLeastOnce, true, "x")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    broker.kill9();
+
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    let mut r = Raw::connect(addr(broker.port), false).await;
+    r.send4(connect()).await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::V4(raw4::Packet::ConnAck(_))
+    ));
+    // The flow resumes at PUBREL, not with a second copy of the message.
+    assert!(matches!(r.next().await, RawEvent::V4(raw4::Packet::PubRel(p)) if p.pkid == pkid));
+    r.send4(raw4::Packet::PubComp(raw4::PubComp::new(pkid)))
+        .await;
+}
