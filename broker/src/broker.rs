@@ -354,6 +354,7 @@ impl Broker {
             sync_ms,
             "store writes since start"
         );
+        self.commit.close();
         r
     }
 

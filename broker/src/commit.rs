@@ -77,6 +77,7 @@ pub struct GroupCommit {
     cancelled: AtomicU64,
     apply_ns: AtomicU64,
     sync_ns: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl GroupCommit {
@@ -93,6 +94,7 @@ impl GroupCommit {
             cancelled: AtomicU64::new(0),
             apply_ns: AtomicU64::new(0),
             sync_ns: AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let me = gc.clone();
         tokio::spawn(async move { me.run(store).await });
@@ -136,7 +138,9 @@ impl GroupCommit {
                 tracing::error!(error = %e, "store sync failed");
             }
             self.done.send_replace((upto, err));
-            if Arc::strong_count(&self) == 1 {
+            // Closed and nothing left: release the store (and its file lock).
+            let idle = self.journal.lock().ops.is_empty();
+            if Arc::strong_count(&self) == 1 || (idle && self.closed.load(Ordering::Acquire)) {
                 return;
             }
         }
@@ -282,6 +286,13 @@ impl GroupCommit {
             None => Ok(()),
             Some(e) => Err(e.clone()),
         }
+    }
+
+    /// Stops the flusher after a final commit, so the store is released.
+    /// Writes journaled afterwards are not applied.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Number of syncs performed.

@@ -135,8 +135,12 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     tokio_tungstenite::accept_hdr_async(io, callback).await
 }
 
-/// Binds `cfg` and spawns its accept loop. Returns the bound address.
-pub async fn start(broker: Arc<Broker>, cfg: &ListenerConfig) -> Result<SocketAddr, ListenerError> {
+/// Binds `cfg` and spawns its accept loop, which ends at shutdown. Returns
+/// the bound address and the loop's task.
+pub async fn start(
+    broker: Arc<Broker>,
+    cfg: &ListenerConfig,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenerError> {
     let tls = match cfg.kind {
         ListenerKind::Tls | ListenerKind::Wss => Some(tls_acceptor(cfg)?),
         _ => None,
@@ -156,7 +160,7 @@ pub async fn start(broker: Arc<Broker>, cfg: &ListenerConfig) -> Result<SocketAd
     let kind = cfg.kind;
     tracing::info!(%addr, ?kind, "listening");
     let mut shutdown = broker.shutdown_signal();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -182,7 +186,7 @@ pub async fn start(broker: Arc<Broker>, cfg: &ListenerConfig) -> Result<SocketAd
             }
         }
     });
-    Ok(addr)
+    Ok((addr, task))
 }
 
 async fn handle(

@@ -146,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let server = Server::start(config).await?;
+        let mut server = Server::start(config).await?;
         for (kind, addr) in &server.addrs {
             // A line tools and tests can wait for.
             println!("courier listening {kind:?} {addr}");

@@ -29,6 +29,7 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Bound addresses, in configuration order.
     pub addrs: Vec<(ListenerKind, SocketAddr)>,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -51,11 +52,17 @@ impl Server {
 
     async fn with_broker(broker: Arc<Broker>) -> Result<Server, ServerError> {
         let mut addrs = Vec::new();
+        let mut accept_loops = Vec::new();
         for l in broker.config.listeners.clone() {
-            let addr = listener::start(broker.clone(), &l).await?;
+            let (addr, task) = listener::start(broker.clone(), &l).await?;
             addrs.push((l.kind, addr));
+            accept_loops.push(task);
         }
-        Ok(Server { broker, addrs })
+        Ok(Server {
+            broker,
+            addrs,
+            accept_loops,
+        })
     }
 
     /// First bound address of a listener kind.
@@ -63,8 +70,13 @@ impl Server {
         self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
     }
 
-    /// Closes every connection and flushes the store.
-    pub async fn shutdown(&self) -> Result<(), SyncFailed> {
-        self.broker.shutdown().await
+    /// Stops the listeners, closes every connection and flushes the store.
+    /// Once the `Server` is dropped too, the store's files are released.
+    pub async fn shutdown(&mut self) -> Result<(), SyncFailed> {
+        let r = self.broker.shutdown().await;
+        for task in self.accept_loops.drain(..) {
+            let _ = task.await;
+        }
+        r
     }
 }

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: std::env::temp_dir().join("courier-events-example"),
         ..Config::default()
     };
-    let server = Server::start(config).await?;
+    let mut server = Server::start(config).await?;
     println!("listening on {:?}", server.addrs);
     let mut events = server.broker.events();
     loop {

@@ -1,0 +1,310 @@
+//! Behaviour that is easy to get subtly wrong: flow control towards the
+//! client, server keep alive, embedder hooks, stored-once messages, and a
+//! will sent when the session ends before the will delay.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use courier::config::Config;
+use courier::hooks::{AuthDecision, ClientInfo, Hooks};
+use courier::store::{LogStore, SledStore, Store};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAck, Publish, Subscribe};
+use rumqttc::v5::mqttbytes::QoS;
+
+#[tokio::test]
+async fn client_receive_maximum_limits_unacknowledged_deliveries() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr(), true).await;
+    let mut p = props5();
+    p.receive_maximum = Some(2);
+    r.send(connect5("narrow", true, Some(p))).await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    r.send(Packet::Subscribe(Subscribe::new(
+        Filter::new("flow", QoS::AtLeastOnce),
+        None,
+    )))
+    .await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::Packet(Packet::SubAck(_))
+    ));
+
+    let mut pb = Raw::connect(b.addr(), true).await;
+    pb.send(connect5("flood", true, None)).await;
+    assert!(matches!(
+        pb.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    for i in 1..=5u16 {
+        let mut m = Publish::new("flow", QoS::AtLeastOnce, vec![i as u8], None);
+        m.pkid = i;
+        pb.send(Packet::Publish(m)).await;
+    }
+    for _ in 1..=5 {
+        assert!(matches!(
+            pb.next().await,
+            RawEvent::Packet(Packet::PubAck(_))
+        ));
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match r.next().await {
+            RawEvent::Packet(Packet::Publish(p)) => got.push(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Nothing more until one is acknowledged: a third would exceed 2.
+    let early = tokio::time::timeout(Duration::from_millis(300), r.next()).await;
+    assert!(
+        early.is_err(),
+        "third delivery before an acknowledgement: {early:?}"
+    );
+    r.send(Packet::PubAck(PubAck::new(got[0].pkid, None))).await;
+    match r.next().await {
+        RawEvent::Packet(Packet::Publish(p)) => assert_eq!(p.payload, Bytes::from(vec![3u8])),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_keep_alive_is_announced_and_applied() {
+    let b = TestBroker::with(|c| c.limits.max_keep_alive_secs = 1).await;
+    let mut r = Raw::connect(b.addr(), true).await;
+    let mut c = connect5("lazy", true, None);
+    if let Packet::Connect(ref mut c, _, _) = c {
+        c.keep_alive = 0; // "no keep alive", replaced by the server's
+    }
+    r.send(c).await;
+    match r.next().await {
+        RawEvent::Packet(Packet::ConnAck(a)) => {
+            assert_eq!(a.properties.and_then(|p| p.server_keep_alive), Some(1))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        r.until_closed().await,
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::KeepAliveTimeout)
+    );
+}
+
+/// Embedder hooks: refuse one user, and publishing under `admin/`.
+struct TestHooks;
+
+impl Hooks for TestHooks {
+    fn authenticate(&self, _: &str, username: Option<&str>, _: Option<&[u8]>) -> AuthDecision {
+        match username {
+            Some("mallory") => AuthDecision::NotAuthorized,
+            _ => AuthDecision::Allow,
+        }
+    }
+    fn blocking_auth(&self) -> bool {
+        false
+    }
+    fn authorize_publish(&self, _: &ClientInfo, topic: &str) -> bool {
+        !topic.starts_with("admin/")
+    }
+    fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn embedder_hooks_decide() {
+    use common::v5::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
+    let server = courier::Server::start_with_hooks(cfg, Arc::new(TestHooks))
+        .await
+        .unwrap();
+    let port = server
+        .addr(courier::config::ListenerKind::Tcp)
+        .unwrap()
+        .port();
+
+    let mut o = opts("m", port);
+    o.set_credentials("mallory", "x");
+    let (_c, mut el) = client(o);
+    match el.poll().await {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, ConnectReturnCode::NotAuthorized)
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut r = Raw::connect(
+        server.addr(courier::config::ListenerKind::Tcp).unwrap(),
+        true,
+    )
+    .await;
+    r.send(connect5("alice", true, None)).await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    let mut p = Publish::new("admin/reboot", QoS::AtLeastOnce, "now", None);
+    p.pkid = 1;
+    r.send(Packet::Publish(p)).await;
+    match r.next().await {
+        RawEvent::Packet(Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::NotAuthorized),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Opens the store once the stopped broker's last task has let go of it.
+async fn open_when_released(data: &std::path::Path) -> SledStore {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match SledStore::open(data) {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("store released after shutdown")
+}
+
+#[tokio::test]
+async fn message_is_stored_once_and_deleted_when_no_session_needs_it() {
+    use common::v4::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // sled releases its file lock a little after the last handle drops
+    // (deferred reclamation), so a restart in the same process retries.
+    let start = |data: std::path::PathBuf| async move {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let mut cfg = Config {
+                    data_dir: data.clone(),
+                    ..Config::default()
+                };
+                cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
+                match courier::Server::start(cfg).await {
+                    Ok(s) => return s,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await
+        .expect("broker starts once the store is released")
+    };
+    let mut server = start(data.clone()).await;
+    let port = server
+        .addr(courier::config::ListenerKind::Tcp)
+        .unwrap()
+        .port();
+    for id in ["phone", "tablet"] {
+        subscribe_and_leave(&opts(id, port), "family/chat").await;
+    }
+    let (publ, mut pel) = client(opts("pub", port));
+    publ.publish("family/chat", QoS::AtLeastOnce, false, "dinner?")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    drop(publ);
+    server.shutdown().await.unwrap();
+    drop(server);
+    let logs = {
+        let store = open_when_released(&data).await;
+        assert_eq!(
+            store.message_ids().unwrap().len(),
+            1,
+            "one body for two queues"
+        );
+        let sessions = store.load_sessions().unwrap();
+        assert_eq!(sessions.len(), 2);
+        for s in &sessions {
+            assert_eq!(store.read_after(s.log, 0, 10).unwrap().len(), 1);
+        }
+        sessions.iter().map(|s| s.log).collect::<Vec<_>>()
+    };
+
+    // Both devices come back and acknowledge: the body is no longer needed.
+    let mut server = start(data.clone()).await;
+    let port = server
+        .addr(courier::config::ListenerKind::Tcp)
+        .unwrap()
+        .port();
+    for id in ["phone", "tablet"] {
+        let mut o = opts(id, port);
+        o.set_clean_session(false);
+        let (c, mut el) = client(o);
+        let p = publish(&mut el).await;
+        assert_eq!(p.payload, Bytes::from("dinner?"));
+        // Packets are handled in order: a SUBACK means our PUBACK was too.
+        c.subscribe("sync/marker", QoS::AtMostOnce).await.unwrap();
+        suback(&mut el).await;
+    }
+    server.shutdown().await.unwrap();
+    drop(server);
+    let store = open_when_released(&data).await;
+    assert!(
+        store.message_ids().unwrap().is_empty(),
+        "body deleted after the last ack"
+    );
+    for log in logs {
+        assert!(store.read_after(log, 0, 10).unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn will_is_sent_when_session_ends_before_will_delay() {
+    use common::v5::*;
+    let b = TestBroker::start().await;
+    let (w, mut wel) = client(opts("watch", b.port()));
+    connack(&mut wel).await;
+    w.subscribe("lwt/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut wel).await;
+    // Will delay 60 s, session expiry 1 s: the session ends first.
+    let mut p = props5();
+    p.session_expiry_interval = Some(1);
+    let will = rumqttc::v5::mqttbytes::v5::LastWill {
+        topic: Bytes::from("lwt/short"),
+        message: Bytes::from("gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: Some(60),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    };
+    let mut r = Raw::connect(b.addr(), true).await;
+    r.send(Packet::Connect(
+        rumqttc::v5::mqttbytes::v5::Connect {
+            keep_alive: 30,
+            client_id: "short".into(),
+            clean_start: true,
+            properties: Some(p),
+        },
+        Some(will),
+        None,
+    ))
+    .await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    let t0 = std::time::Instant::now();
+    drop(r);
+    let p = publish(&mut wel).await;
+    assert_eq!(p.topic, Bytes::from("lwt/short"));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "at session end, not after 60 s"
+    );
+}
