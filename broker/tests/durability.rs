@@ -68,32 +68,43 @@ async fn retained_message_survives_kill9() {
     assert!(p.retain);
 }
 
+/// A raw 3.1.1 client with a persistent session `id` (clean session 0).
+async fn raw_resume(port: u16, id: &str) -> (Raw, raw4::ConnAck) {
+    let mut c = raw4::Connect::new(id);
+    c.clean_session = false;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut r = Raw::connect(addr, false).await;
+    r.send4(raw4::Packet::Connect(c)).await;
+    match r.next().await {
+        RawEvent::V4(raw4::Packet::ConnAck(a)) => (r, a),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Connects `id` persistently and subscribes to `topic` at `qos`.
+async fn raw_subscriber(port: u16, id: &str, topic: &str, qos: rumqttc::mqttbytes::QoS) -> Raw {
+    let (mut r, _) = raw_resume(port, id).await;
+    r.send4(raw4::Packet::Subscribe(raw4::Subscribe::new(topic, qos)))
+        .await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::V4(raw4::Packet::SubAck(_))
+    ));
+    r
+}
+
 #[tokio::test]
 async fn inflight_message_is_redelivered_with_dup_after_kill9() {
     use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&data_dir(&dir));
-    let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let connect = || {
-        let mut c = raw4::Connect::new("worker");
-        c.clean_session = false;
-        raw4::Packet::Connect(c)
-    };
-    let mut r = Raw::connect(addr(broker.port), false).await;
-    r.send4(connect()).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::V4(raw4::Packet::ConnAck(_))
-    ));
-    r.send4(raw4::Packet::Subscribe(raw4::Subscribe::new(
+    let mut r = raw_subscriber(
+        broker.port,
+        "worker",
         "task",
         rumqttc::mqttbytes::QoS::AtLeastOnce,
-    )))
+    )
     .await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::V4(raw4::Packet::SubAck(_))
-    ));
 
     let (publ, mut pel) = client(opts("boss", broker.port));
     publ.publish("task", QoS::AtLeastOnce, false, "do it")
@@ -104,8 +115,9 @@ async fn inflight_message_is_redelivered_with_dup_after_kill9() {
         RawEvent::V4(raw4::Packet::Publish(p)) => p,
         other => panic!("{other:?}"),
     };
-    // The packet id of a sent message is recorded without a sync of its
-    // own; the next durable write (here a retained publish) covers it.
+    // That the message was sent (the session's "sent" cursor) is recorded
+    // without a sync of its own; the next durable write (here a retained
+    // publish) covers it.
     publ.publish("flush", QoS::AtLeastOnce, true, "x")
         .await
         .unwrap();
@@ -113,12 +125,8 @@ async fn inflight_message_is_redelivered_with_dup_after_kill9() {
     broker.kill9();
 
     let broker = BrokerProcess::start(&data_dir(&dir));
-    let mut r = Raw::connect(addr(broker.port), false).await;
-    r.send4(connect()).await;
-    match r.next().await {
-        RawEvent::V4(raw4::Packet::ConnAck(a)) => assert!(a.session_present),
-        other => panic!("{other:?}"),
-    }
+    let (mut r, ack) = raw_resume(broker.port, "worker").await;
+    assert!(ack.session_present);
     match r.next().await {
         RawEvent::V4(raw4::Packet::Publish(p)) => {
             assert!(p.dup);
@@ -159,27 +167,13 @@ async fn qos2_release_state_survives_kill9() {
     use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&data_dir(&dir));
-    let addr = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let connect = || {
-        let mut c = raw4::Connect::new("q2-worker");
-        c.clean_session = false;
-        raw4::Packet::Connect(c)
-    };
-    let mut r = Raw::connect(addr(broker.port), false).await;
-    r.send4(connect()).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::V4(raw4::Packet::ConnAck(_))
-    ));
-    r.send4(raw4::Packet::Subscribe(raw4::Subscribe::new(
+    let mut r = raw_subscriber(
+        broker.port,
+        "q2-worker",
         "q2",
         rumqttc::mqttbytes::QoS::ExactlyOnce,
-    )))
+    )
     .await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::V4(raw4::Packet::SubAck(_))
-    ));
 
     let (publ, mut pel) = client(opts("q2-boss", broker.port));
     publ.publish("q2", QoS::ExactlyOnce, false, "once")
@@ -201,12 +195,7 @@ async fn qos2_release_state_survives_kill9() {
     broker.kill9();
 
     let broker = BrokerProcess::start(&data_dir(&dir));
-    let mut r = Raw::connect(addr(broker.port), false).await;
-    r.send4(connect()).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::V4(raw4::Packet::ConnAck(_))
-    ));
+    let (mut r, _) = raw_resume(broker.port, "q2-worker").await;
     // The flow resumes at PUBREL, not with a second copy of the message.
     assert!(matches!(r.next().await, RawEvent::V4(raw4::Packet::PubRel(p)) if p.pkid == pkid));
     r.send4(raw4::Packet::PubComp(raw4::PubComp::new(pkid)))
