@@ -420,7 +420,8 @@ impl Broker {
             other => {
                 if let Some(old) = other {
                     drop(registry);
-                    self.destroy(&old, false);
+                    // The old session ends here: a delayed will it had goes now.
+                    self.destroy(&old, true);
                     registry = self.sessions.lock();
                 }
                 let log = self.store.next_id()?;

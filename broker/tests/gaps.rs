@@ -308,3 +308,55 @@ async fn will_is_sent_when_session_ends_before_will_delay() {
         "at session end, not after 60 s"
     );
 }
+
+#[tokio::test]
+async fn clean_start_reconnect_ends_the_old_session_and_sends_its_will() {
+    use common::v5::*;
+    let b = TestBroker::start().await;
+    let (w, mut wel) = client(opts("watch", b.port()));
+    connack(&mut wel).await;
+    w.subscribe("lwt/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut wel).await;
+    let mut p = props5();
+    p.session_expiry_interval = Some(600);
+    let will = rumqttc::v5::mqttbytes::v5::LastWill {
+        topic: Bytes::from("lwt/phone"),
+        message: Bytes::from("gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: Some(300),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    };
+    let mut r = Raw::connect(b.addr(), true).await;
+    r.send(Packet::Connect(
+        rumqttc::v5::mqttbytes::v5::Connect {
+            keep_alive: 30,
+            client_id: "phone".into(),
+            clean_start: true,
+            properties: Some(p),
+        },
+        Some(will),
+        None,
+    ))
+    .await;
+    assert!(matches!(
+        r.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    drop(r); // the will waits up to 300 s for the session to resume
+    let mut again = Raw::connect(b.addr(), true).await;
+    again.send(connect5("phone", true, None)).await; // clean start: old session ends
+    assert!(matches!(
+        again.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    let p = publish(&mut wel).await;
+    assert_eq!(p.topic, Bytes::from("lwt/phone"));
+}
