@@ -118,6 +118,8 @@ fn main() -> anyhow::Result<()> {
         return passwd(file, user, delete, stdin, iterations);
     }
     tracing_subscriber::fmt()
+        // Logs on stderr; stdout carries only the "listening" lines.
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
