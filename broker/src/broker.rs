@@ -646,6 +646,9 @@ impl Broker {
                     && m.session.state.lock().persistent()
                 {
                     persistent += 1;
+                    if persistent > 1 {
+                        break; // shared body; no need to look further
+                    }
                 }
                 last = Some(&m.client_id);
             }

@@ -311,6 +311,8 @@ struct Conn<T> {
     version: Version,
     client: ClientInfo,
     session: SessionRef,
+    /// The session's queue log (fixed for the session's life).
+    log: u64,
     generation: u64,
     /// Takeover request; `None` once the sender is gone.
     kick: Option<oneshot::Receiver<Kick>>,
@@ -484,9 +486,11 @@ impl<T: Transport> Conn<T> {
         };
         let max_inflight = limits.max_inflight as usize;
         let client_recv_max = props.receive_maximum.unwrap_or(u16::MAX).max(1) as usize;
+        let log = attached.session.state.lock().log;
         let mut conn = Conn {
             version,
             client: client.clone(),
+            log,
             session: attached.session,
             generation: attached.generation,
             kick: Some(attached.kick),
@@ -735,7 +739,7 @@ impl<T: Transport> Conn<T> {
     }
 
     fn emit_next(&mut self, n: Next) {
-        let log = self.session.state.lock().log;
+        let log = self.log;
         match n {
             Next::Expired(d) => {
                 Metrics::inc(&self.broker.metrics.dropped_expired);
@@ -862,22 +866,16 @@ impl<T: Transport> Conn<T> {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                let (log, done) = {
-                    let mut s = self.session.state.lock();
-                    (s.log, s.on_puback(a.pkid))
-                };
+                let done = self.session.state.lock().on_puback(a.pkid);
                 if let Some(d) = done {
-                    self.broker.complete(log, &d);
+                    self.broker.complete(self.log, &d);
                 }
                 Ok(())
             }
             Packet::PubRec(r) => {
-                let (log, rec) = {
-                    let mut s = self.session.state.lock();
-                    (s.log, s.on_pubrec(r.pkid))
-                };
+                let rec = self.session.state.lock().on_pubrec(r.pkid);
                 if let Some(d) = &rec {
-                    self.broker.mark_released(log, d);
+                    self.broker.mark_released(self.log, d);
                 }
                 let reason = if rec.is_some() {
                     PubRelReason::Success
@@ -890,12 +888,9 @@ impl<T: Transport> Conn<T> {
                 Ok(())
             }
             Packet::PubComp(c) => {
-                let (log, done) = {
-                    let mut s = self.session.state.lock();
-                    (s.log, s.on_pubcomp(c.pkid))
-                };
+                let done = self.session.state.lock().on_pubcomp(c.pkid);
                 if let Some(d) = done {
-                    self.broker.complete(log, &d);
+                    self.broker.complete(self.log, &d);
                 }
                 Ok(())
             }
