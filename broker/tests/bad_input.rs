@@ -12,13 +12,7 @@ use rumqttc::v5::mqttbytes::QoS;
 
 /// Connects a raw 5.0 client and completes CONNECT.
 async fn connected5(b: &TestBroker, id: &str) -> Raw {
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(connect5(id, true, None)).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
-    r
+    Raw::connected5(b.addr(), connect5(id, true, None)).await
 }
 
 /// Sends raw bytes after CONNECT; returns the DISCONNECT reason (if any)

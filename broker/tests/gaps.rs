@@ -12,7 +12,7 @@ use common::*;
 use courier::config::Config;
 use courier::hooks::{AuthDecision, ClientInfo, Hooks};
 use courier::store::{LogStore, SledStore, Store};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAck, Publish, Subscribe};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 
 #[tokio::test]
@@ -26,22 +26,9 @@ async fn client_receive_maximum_limits_unacknowledged_deliveries() {
         r.next().await,
         RawEvent::Packet(Packet::ConnAck(_))
     ));
-    r.send(Packet::Subscribe(Subscribe::new(
-        Filter::new("flow", QoS::AtLeastOnce),
-        None,
-    )))
-    .await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::SubAck(_))
-    ));
+    r.subscribe5("flow", QoS::AtLeastOnce).await;
 
-    let mut pb = Raw::connect(b.addr(), true).await;
-    pb.send(connect5("flood", true, None)).await;
-    assert!(matches!(
-        pb.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut pb = Raw::connected5(b.addr(), connect5("flood", true, None)).await;
     for i in 1..=5u16 {
         let mut m = Publish::new("flow", QoS::AtLeastOnce, vec![i as u8], None);
         m.pkid = i;
@@ -266,39 +253,11 @@ async fn will_is_sent_when_session_ends_before_will_delay() {
     w.subscribe("lwt/#", QoS::AtLeastOnce).await.unwrap();
     suback(&mut wel).await;
     // Will delay 60 s, session expiry 1 s: the session ends first.
-    let mut p = props5();
-    p.session_expiry_interval = Some(1);
-    let will = rumqttc::v5::mqttbytes::v5::LastWill {
-        topic: Bytes::from("lwt/short"),
-        message: Bytes::from("gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
-            delay_interval: Some(60),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        }),
-    };
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(Packet::Connect(
-        rumqttc::v5::mqttbytes::v5::Connect {
-            keep_alive: 30,
-            client_id: "short".into(),
-            clean_start: true,
-            properties: Some(p),
-        },
-        Some(will),
-        None,
-    ))
+    let r = Raw::connected5(
+        b.addr(),
+        connect5_with_will("short", true, 1, "lwt/short", 60),
+    )
     .await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
     let t0 = std::time::Instant::now();
     drop(r);
     let p = publish(&mut wel).await;
@@ -317,39 +276,11 @@ async fn clean_start_reconnect_ends_the_old_session_and_sends_its_will() {
     connack(&mut wel).await;
     w.subscribe("lwt/#", QoS::AtLeastOnce).await.unwrap();
     suback(&mut wel).await;
-    let mut p = props5();
-    p.session_expiry_interval = Some(600);
-    let will = rumqttc::v5::mqttbytes::v5::LastWill {
-        topic: Bytes::from("lwt/phone"),
-        message: Bytes::from("gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
-            delay_interval: Some(300),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        }),
-    };
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(Packet::Connect(
-        rumqttc::v5::mqttbytes::v5::Connect {
-            keep_alive: 30,
-            client_id: "phone".into(),
-            clean_start: true,
-            properties: Some(p),
-        },
-        Some(will),
-        None,
-    ))
+    let r = Raw::connected5(
+        b.addr(),
+        connect5_with_will("phone", true, 600, "lwt/phone", 300),
+    )
     .await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
     drop(r); // the will waits up to 300 s for the session to resume
     let mut again = Raw::connect(b.addr(), true).await;
     again.send(connect5("phone", true, None)).await; // clean start: old session ends

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::v5::*;
 use common::*;
 use rumqttc::v5::mqttbytes::v5::{
-    DisconnectReasonCode, Filter, PubAck, RetainForwardRule, Subscribe, SubscribeProperties,
+    DisconnectReasonCode, Filter, PubAck, RetainForwardRule, SubscribeProperties,
 };
 
 async fn pump(el: EventLoop) {
@@ -216,12 +216,7 @@ async fn shared_subscription_splits_messages() {
 #[tokio::test]
 async fn receive_maximum_exceeded_disconnects_0x93() {
     let b = TestBroker::with(|c| c.limits.max_inflight = 5).await;
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(connect5("greedy", true, None)).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut r = Raw::connected5(b.addr(), connect5("greedy", true, None)).await;
     let mut burst = bytes::BytesMut::new();
     for i in 1..=10u16 {
         let mut p = Publish::new("t", QoS::AtLeastOnce, "x", None);
@@ -247,23 +242,10 @@ async fn topic_aliases_both_ways() {
         s.next().await,
         RawEvent::Packet(Packet::ConnAck(_))
     ));
-    s.send(Packet::Subscribe(Subscribe::new(
-        Filter::new("long/topic/name", QoS::AtMostOnce),
-        None,
-    )))
-    .await;
-    assert!(matches!(
-        s.next().await,
-        RawEvent::Packet(Packet::SubAck(_))
-    ));
+    s.subscribe5("long/topic/name", QoS::AtMostOnce).await;
 
     // Publisher uses alias 1: once with the topic, then with an empty topic.
-    let mut pb = Raw::connect(b.addr(), true).await;
-    pb.send(connect5("aliased-pub", true, None)).await;
-    assert!(matches!(
-        pb.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut pb = Raw::connected5(b.addr(), connect5("aliased-pub", true, None)).await;
     for (topic, body) in [("long/topic/name", "a"), ("", "b")] {
         let props = PublishProperties {
             topic_alias: Some(1),
@@ -411,56 +393,15 @@ async fn will_delay_and_cancel_on_reconnect() {
     w.subscribe("lwt/#", QoS::AtLeastOnce).await.unwrap();
     suback(&mut wel).await;
 
-    let connect_with_will = |id: &str, delay: u32| {
-        let mut p = props5();
-        p.session_expiry_interval = Some(60);
-        let will = rumqttc::v5::mqttbytes::v5::LastWill {
-            topic: Bytes::from(format!("lwt/{id}")),
-            message: Bytes::from("offline"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
-                delay_interval: Some(delay),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: vec![],
-            }),
-        };
-        Packet::Connect(
-            rumqttc::v5::mqttbytes::v5::Connect {
-                keep_alive: 30,
-                client_id: id.into(),
-                clean_start: false,
-                properties: Some(p),
-            },
-            Some(will),
-            None,
-        )
-    };
+    let connect_with_will =
+        |id: &str, delay: u32| connect5_with_will(id, false, 60, &format!("lwt/{id}"), delay);
     // "back" drops, then resumes within its 2 s will delay: no will.
-    let mut back = Raw::connect(b.addr(), true).await;
-    back.send(connect_with_will("back", 2)).await;
-    assert!(matches!(
-        back.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let back = Raw::connected5(b.addr(), connect_with_will("back", 2)).await;
     drop(back);
-    let mut back = Raw::connect(b.addr(), true).await;
-    back.send(connect5("back", false, None)).await;
-    assert!(matches!(
-        back.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    // Held open to the end: the session stays resumed.
+    let _back = Raw::connected5(b.addr(), connect5("back", false, None)).await;
     // "gone" drops and stays away: its will comes after the delay.
-    let mut gone = Raw::connect(b.addr(), true).await;
-    gone.send(connect_with_will("gone", 1)).await;
-    assert!(matches!(
-        gone.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let gone = Raw::connected5(b.addr(), connect_with_will("gone", 1)).await;
     let t0 = std::time::Instant::now();
     drop(gone);
     let p = publish(&mut wel).await;
@@ -477,12 +418,7 @@ async fn will_delay_and_cancel_on_reconnect() {
 #[tokio::test]
 async fn takeover_sends_disconnect_0x8e() {
     let b = TestBroker::start().await;
-    let mut first = Raw::connect(b.addr(), true).await;
-    first.send(connect5("dup-id", true, None)).await;
-    assert!(matches!(
-        first.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut first = Raw::connected5(b.addr(), connect5("dup-id", true, None)).await;
     let (_c, mut el) = client(opts("dup-id", b.port()));
     connack(&mut el).await;
     assert_eq!(
@@ -502,12 +438,7 @@ async fn puback_reason_codes_for_refused_publishes() {
         }];
     })
     .await;
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(connect5("pubber", true, None)).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut r = Raw::connected5(b.addr(), connect5("pubber", true, None)).await;
     let mut p = Publish::new("locked/a", QoS::AtLeastOnce, "x", None);
     p.pkid = 7;
     r.send(Packet::Publish(p)).await;
@@ -552,12 +483,7 @@ async fn qos2_exactly_once_flow() {
     connack(&mut sel).await;
     sub.subscribe("q2", QoS::ExactlyOnce).await.unwrap();
     suback(&mut sel).await;
-    let mut r = Raw::connect(b.addr(), true).await;
-    r.send(connect5("q2pub", true, None)).await;
-    assert!(matches!(
-        r.next().await,
-        RawEvent::Packet(Packet::ConnAck(_))
-    ));
+    let mut r = Raw::connected5(b.addr(), connect5("q2pub", true, None)).await;
     let mut p = Publish::new("q2", QoS::ExactlyOnce, "once", None);
     p.pkid = 3;
     r.send(Packet::Publish(p.clone())).await;

@@ -264,6 +264,30 @@ impl Raw {
         }
     }
 
+    /// Connects a 5.0 client with `connect` and checks that it is accepted.
+    pub async fn connected5(addr: SocketAddr, connect: P5) -> Raw {
+        let mut r = Raw::connect(addr, true).await;
+        r.send(connect).await;
+        match r.next().await {
+            RawEvent::Packet(P5::ConnAck(_)) => r,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Subscribes (5.0) and waits for the SUBACK.
+    pub async fn subscribe5(&mut self, filter: &str, qos: rumqttc::v5::mqttbytes::QoS) {
+        use rumqttc::v5::mqttbytes::v5::{Filter, Subscribe};
+        self.send(P5::Subscribe(Subscribe::new(
+            Filter::new(filter, qos),
+            None,
+        )))
+        .await;
+        match self.next().await {
+            RawEvent::Packet(P5::SubAck(_)) => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
     pub async fn send_bytes(&mut self, b: &[u8]) {
         // The broker may already have closed; a failed write shows up as
         // Closed on the next read.
@@ -350,6 +374,39 @@ pub fn connect5(
             properties: props,
         },
         None,
+        None,
+    )
+}
+
+/// A v5 CONNECT whose session lasts `expiry` s, with a QoS 1 will "gone"
+/// on `will_topic` delayed by `delay` s.
+pub fn connect5_with_will(id: &str, clean: bool, expiry: u32, will_topic: &str, delay: u32) -> P5 {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let mut props = props5();
+    props.session_expiry_interval = Some(expiry);
+    let will = LastWill {
+        topic: bytes::Bytes::copy_from_slice(will_topic.as_bytes()),
+        message: bytes::Bytes::from_static(b"gone"),
+        qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        retain: false,
+        properties: Some(LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    };
+    P5::Connect(
+        rumqttc::v5::mqttbytes::v5::Connect {
+            keep_alive: 30,
+            client_id: id.into(),
+            clean_start: clean,
+            properties: Some(props),
+        },
+        Some(will),
         None,
     )
 }
