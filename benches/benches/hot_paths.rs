@@ -82,13 +82,19 @@ fn store_bench(c: &mut Criterion) {
     let rec = QueueRecord::new(1, 1);
     let mut g = c.benchmark_group("store");
     let mut seq = 0u64;
-    g.bench_function("append_then_ack", |b| {
-        b.iter(|| {
-            seq += 1;
-            store.put_entry(1, seq, &rec).unwrap();
-            store.remove_entry(1, seq).unwrap();
-        })
-    });
+    // One commit's work for one session: its new entries as one batch, then
+    // their acknowledgements as a floor move.
+    for n in [1u64, 16] {
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(format!("append_then_ack/{n}"), |b| {
+            b.iter(|| {
+                let batch: Vec<_> = (seq + 1..=seq + n).map(|s| (s, rec.clone())).collect();
+                seq += n;
+                store.append(1, &batch).unwrap();
+                store.trim(1, seq).unwrap();
+            })
+        });
+    }
     g.finish();
 }
 

@@ -226,14 +226,15 @@ impl Broker {
         let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
         let limits = self.session_limits();
         let records = self.store.load_sessions()?;
-        use crate::store::SENT_CURSOR;
+        use crate::store::{FLOOR_CURSOR, SENT_CURSOR};
         let count = records.len();
         for rec in records {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
             let sent = self.store.cursor(rec.log, SENT_CURSOR)?;
-            for (seq, mut q) in self.store.read_after(rec.log, 0, usize::MAX)? {
+            s.resume_after(sent.max(self.store.cursor(rec.log, FLOOR_CURSOR)?));
+            for (seq, mut q) in self.store.entries(rec.log)? {
                 let inline = q.body.take();
                 let msg = match (inline, bodies.get(&q.msg_id)) {
                     (Some(body), _) => Arc::new(body),
@@ -804,12 +805,13 @@ impl Broker {
     }
 
     /// A delivery is finished (acknowledged, expired or dropped): removes
-    /// its queue entry and releases its message.
-    pub(crate) fn complete(&self, log: u64, d: &Delivery) {
+    /// its queue entry and releases its message. `floor` is the session's
+    /// [`Session::floor`] taken after the delivery left it.
+    pub(crate) fn complete(&self, log: u64, d: &Delivery, floor: u64) {
         if !d.stored {
             return;
         }
-        self.commit.remove_entry(log, d.seq);
+        self.commit.finish_entry(log, d.seq, floor);
         self.unref(d.msg_id);
     }
 
@@ -835,7 +837,7 @@ impl Broker {
             released: true,
             body: (d.msg_id == 0).then(|| (*d.msg).clone()),
         };
-        self.commit.update_entry(log, d.seq, rec);
+        self.commit.rewrite_entry(log, d.seq, rec);
     }
 
     /// Adds a subscription. Returns the retained messages it should receive.

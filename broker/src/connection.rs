@@ -743,7 +743,8 @@ impl<T: Transport> Conn<T> {
         match n {
             Next::Expired(d) => {
                 Metrics::inc(&self.broker.metrics.dropped_expired);
-                self.broker.complete(log, &d);
+                let floor = self.session.state.lock().floor();
+                self.broker.complete(log, &d, floor);
             }
             Next::PubRel(pkid) => self.send(&Packet::PubRel(PubRel::new(pkid, None))),
             Next::Publish {
@@ -756,10 +757,14 @@ impl<T: Transport> Conn<T> {
                     // does not block the window (MQTT 5 3.1.2.25).
                     Metrics::inc(&self.broker.metrics.dropped_too_large);
                     tracing::warn!(client_id = %self.client.client_id, topic = %delivery.msg.topic, "message exceeds client's maximum packet size; dropped");
-                    if pkid != 0 {
-                        self.session.state.lock().forget(pkid);
-                    }
-                    self.broker.complete(log, &delivery);
+                    let floor = {
+                        let mut s = self.session.state.lock();
+                        if pkid != 0 {
+                            s.forget(pkid);
+                        }
+                        s.floor()
+                    };
+                    self.broker.complete(log, &delivery, floor);
                     return;
                 };
                 if pkid != 0 && !dup {
@@ -866,9 +871,12 @@ impl<T: Transport> Conn<T> {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                let done = self.session.state.lock().on_puback(a.pkid);
-                if let Some(d) = done {
-                    self.broker.complete(self.log, &d);
+                let done = {
+                    let mut s = self.session.state.lock();
+                    s.on_puback(a.pkid).map(|d| (d, s.floor()))
+                };
+                if let Some((d, floor)) = done {
+                    self.broker.complete(self.log, &d, floor);
                 }
                 Ok(())
             }
@@ -888,9 +896,12 @@ impl<T: Transport> Conn<T> {
                 Ok(())
             }
             Packet::PubComp(c) => {
-                let done = self.session.state.lock().on_pubcomp(c.pkid);
-                if let Some(d) = done {
-                    self.broker.complete(self.log, &d);
+                let done = {
+                    let mut s = self.session.state.lock();
+                    s.on_pubcomp(c.pkid).map(|d| (d, s.floor()))
+                };
+                if let Some((d, floor)) = done {
+                    self.broker.complete(self.log, &d, floor);
                 }
                 Ok(())
             }

@@ -6,7 +6,7 @@
 //! is also on disk is the caller's business: entries carry the store ids
 //! needed to mirror each transition.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::message::Message;
@@ -106,6 +106,8 @@ pub struct Session {
     queue: VecDeque<Delivery>,
     queued_bytes: u64,
     inflight: HashMap<u16, Inflight>,
+    /// Sequence numbers of stored deliveries in flight (for [`Session::floor`]).
+    inflight_stored: BTreeSet<u64>,
     incoming_qos2: HashSet<u16>,
     next_seq: u64,
     limits: SessionLimits,
@@ -124,6 +126,7 @@ impl Session {
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: HashMap::new(),
+            inflight_stored: BTreeSet::new(),
             incoming_qos2: HashSet::new(),
             next_seq: 1,
             limits,
@@ -140,6 +143,32 @@ impl Session {
         let s = self.next_seq;
         self.next_seq += 1;
         s
+    }
+
+    /// Continues numbering after `seq` (a restored log's cursors), so no
+    /// sequence number at or below it is given out again.
+    pub fn resume_after(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
+    /// Every stored delivery at or below this sequence number is finished:
+    /// the log's floor. It never decreases.
+    pub fn floor(&self) -> u64 {
+        // Unstored (QoS 0) entries may sit ahead of stored ones; look a
+        // little way, then settle for a lower, still correct floor.
+        let queued = self
+            .queue
+            .iter()
+            .take(64)
+            .find(|d| d.stored)
+            .or(self.queue.front())
+            .map(|d| d.seq);
+        let inflight = self.inflight_stored.first().copied();
+        match (queued, inflight) {
+            (Some(a), Some(b)) => a.min(b) - 1,
+            (Some(a), None) | (None, Some(a)) => a - 1,
+            (None, None) => self.next_seq - 1,
+        }
     }
 
     /// Queued (unsent) message count.
@@ -178,6 +207,9 @@ impl Session {
         if !sent || self.inflight.contains_key(&pkid) {
             self.push(d);
         } else {
+            if d.stored {
+                self.inflight_stored.insert(d.seq);
+            }
             self.inflight.insert(
                 pkid,
                 Inflight {
@@ -215,6 +247,9 @@ impl Session {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.cost();
         if pkid != 0 {
+            if d.stored {
+                self.inflight_stored.insert(d.seq);
+            }
             self.inflight.insert(
                 pkid,
                 Inflight {
@@ -253,7 +288,7 @@ impl Session {
     /// PUBACK for `pkid`: the delivery is complete. `None` if unknown.
     pub fn on_puback(&mut self, pkid: u16) -> Option<Delivery> {
         match self.inflight.get(&pkid) {
-            Some(i) if i.delivery.qos == 1 => self.inflight.remove(&pkid).map(|i| i.delivery),
+            Some(i) if i.delivery.qos == 1 => self.forget(pkid),
             _ => None,
         }
     }
@@ -272,7 +307,7 @@ impl Session {
     /// PUBCOMP for `pkid`: the QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Delivery> {
         match self.inflight.get(&pkid) {
-            Some(i) if i.released => self.inflight.remove(&pkid).map(|i| i.delivery),
+            Some(i) if i.released => self.forget(pkid),
             _ => None,
         }
     }
@@ -280,7 +315,9 @@ impl Session {
     /// Drops an in-flight entry without an acknowledgement (it could not be
     /// sent, e.g. too large for the client).
     pub fn forget(&mut self, pkid: u16) -> Option<Delivery> {
-        self.inflight.remove(&pkid).map(|i| i.delivery)
+        let d = self.inflight.remove(&pkid)?.delivery;
+        self.inflight_stored.remove(&d.seq);
+        Some(d)
     }
 
     /// An incoming QoS 2 PUBLISH: true if `pkid` is new (route it), false
@@ -304,6 +341,7 @@ impl Session {
     pub fn drain(&mut self) -> Vec<Delivery> {
         self.queued_bytes = 0;
         self.incoming_qos2.clear();
+        self.inflight_stored.clear();
         let mut out: Vec<Delivery> = self.queue.drain(..).collect();
         out.extend(self.inflight.drain().map(|(_, i)| i.delivery));
         out
@@ -439,6 +477,33 @@ mod tests {
         );
         assert!(s.on_puback(pkid_for(first.seq)).is_some());
         assert_eq!(pkid(s.next(10, 0)), pkid_for(first.seq));
+    }
+
+    #[test]
+    fn floor_follows_the_lowest_unfinished_stored_entry() {
+        let mut s = session();
+        assert_eq!(s.floor(), 0);
+        let mut ds = Vec::new();
+        for i in 0..3 {
+            let mut d = delivery(&mut s, 1, i);
+            d.stored = true;
+            ds.push(d.clone());
+            s.push(d);
+        }
+        assert_eq!(s.floor(), 0, "nothing finished");
+        let a = pkid(s.next(10, 0));
+        let b = pkid(s.next(10, 0));
+        assert_eq!(s.floor(), 0, "sent is not finished");
+        assert!(s.on_puback(b).is_some());
+        assert_eq!(s.floor(), 0, "out of order: 1 still open");
+        assert!(s.on_puback(a).is_some());
+        assert_eq!(s.floor(), 2, "1 and 2 done, 3 queued");
+        let c = pkid(s.next(10, 0));
+        assert!(s.on_puback(c).is_some());
+        assert_eq!(s.floor(), 3, "empty: everything taken so far");
+        s.resume_after(10);
+        assert_eq!(s.floor(), 10);
+        assert_eq!(s.take_seq(), 11);
     }
 
     #[test]

@@ -87,19 +87,29 @@ impl QueueRecord {
 /// restart.
 pub const SENT_CURSOR: &str = "sent";
 
+/// Cursor name under which a log records its floor: every entry at or
+/// below it is finished.
+pub const FLOOR_CURSOR: &str = "floor";
+
 /// Durable, ordered per-key logs with consumer cursors.
+///
+/// Entries are appended in batches (a batch is stored as one record, so one
+/// commit costs one write per log, not one per entry). Finishing entries in
+/// order only moves the log's floor; an entry finished out of order above
+/// the floor leaves a small tombstone until the floor passes it.
 pub trait LogStore: Send + Sync {
-    /// Writes entry `seq` of `log` (insert or overwrite).
-    fn put_entry(&self, log: LogId, seq: u64, rec: &QueueRecord) -> StoreResult<()>;
-    /// Removes entry `seq` of `log` (acknowledged, expired or dropped).
+    /// Appends `entries` (ascending, each above every earlier entry and above
+    /// the floor) to `log`.
+    fn append(&self, log: LogId, entries: &[(u64, QueueRecord)]) -> StoreResult<()>;
+    /// Replaces entry `seq` of `log` (its QoS 2 state).
+    fn rewrite_entry(&self, log: LogId, seq: u64, rec: &QueueRecord) -> StoreResult<()>;
+    /// Removes entry `seq` of `log` (finished out of order, or unreadable).
     fn remove_entry(&self, log: LogId, seq: u64) -> StoreResult<()>;
-    /// Up to `limit` entries with sequence number greater than `after`, in order.
-    fn read_after(
-        &self,
-        log: LogId,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, QueueRecord)>>;
+    /// Every entry of `log` at or below `floor` is finished: records the
+    /// floor and frees what lies wholly below it.
+    fn trim(&self, log: LogId, floor: u64) -> StoreResult<()>;
+    /// The live entries of `log` (above the floor, not removed), in order.
+    fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>>;
     /// Removes a whole log and its cursors.
     fn drop_log(&self, log: LogId) -> StoreResult<()>;
     /// Records how far `consumer` has read in `log`.
@@ -146,10 +156,24 @@ pub struct SledStore {
     retained: sled::Tree,
 }
 
-fn log_key(log: LogId, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
+/// What a key in the `logs` tree holds. Keys are `log ++ seq ++ kind`, so
+/// everything at or below a floor is one contiguous range.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    /// A batch of entries; `seq` is the last entry's.
+    Batch = 0,
+    /// A replacement for entry `seq`.
+    Rewrite = 1,
+    /// Entry `seq` is finished.
+    Removed = 2,
+}
+
+fn log_key(log: LogId, seq: u64, kind: Kind) -> [u8; 17] {
+    let mut k = [0u8; 17];
     k[..8].copy_from_slice(&log.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k[8..16].copy_from_slice(&seq.to_be_bytes());
+    k[16] = kind as u8;
     k
 }
 
@@ -180,32 +204,67 @@ impl SledStore {
 }
 
 impl LogStore for SledStore {
-    fn put_entry(&self, log: LogId, seq: u64, rec: &QueueRecord) -> StoreResult<()> {
+    fn append(&self, log: LogId, entries: &[(u64, QueueRecord)]) -> StoreResult<()> {
+        let Some((last, _)) = entries.last() else {
+            return Ok(());
+        };
+        self.logs.insert(
+            log_key(log, *last, Kind::Batch),
+            postcard::to_stdvec(entries)?,
+        )?;
+        Ok(())
+    }
+
+    fn rewrite_entry(&self, log: LogId, seq: u64, rec: &QueueRecord) -> StoreResult<()> {
         self.logs
-            .insert(log_key(log, seq), postcard::to_stdvec(rec)?)?;
+            .insert(log_key(log, seq, Kind::Rewrite), postcard::to_stdvec(rec)?)?;
         Ok(())
     }
 
     fn remove_entry(&self, log: LogId, seq: u64) -> StoreResult<()> {
-        self.logs.remove(log_key(log, seq))?;
+        self.logs.insert(log_key(log, seq, Kind::Removed), &[])?;
         Ok(())
     }
 
-    fn read_after(
-        &self,
-        log: LogId,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<(u64, QueueRecord)>> {
-        let start = log_key(log, after.saturating_add(1));
-        let end = log_key(log, u64::MAX);
-        let mut out = Vec::new();
-        for kv in self.logs.range(start..=end).take(limit) {
-            let (k, v) = kv?;
-            let seq = be_u64(&k[8..], "logs")?;
-            out.push((seq, postcard::from_bytes(&v)?));
+    fn trim(&self, log: LogId, floor: u64) -> StoreResult<()> {
+        self.set_cursor(log, FLOOR_CURSOR, floor)?;
+        let range = log_key(log, 0, Kind::Batch)..=log_key(log, floor, Kind::Removed);
+        for k in self.logs.range(range).keys() {
+            self.logs.remove(k?)?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>> {
+        let floor = self.cursor(log, FLOOR_CURSOR)?;
+        let mut live = std::collections::BTreeMap::new();
+        let mut rewrites = Vec::new();
+        let mut removed = Vec::new();
+        for kv in self.logs.scan_prefix(log.to_be_bytes()) {
+            let (k, v) = kv?;
+            if k.len() != 17 {
+                return Err(StoreError::CorruptKey("logs"));
+            }
+            let seq = be_u64(&k[8..16], "logs")?;
+            match k[16] {
+                0 => {
+                    let batch: Vec<(u64, QueueRecord)> = postcard::from_bytes(&v)?;
+                    live.extend(batch.into_iter().filter(|(s, _)| *s > floor));
+                }
+                1 => rewrites.push((seq, postcard::from_bytes::<QueueRecord>(&v)?)),
+                2 => removed.push(seq),
+                _ => return Err(StoreError::CorruptKey("logs")),
+            }
+        }
+        for (seq, rec) in rewrites {
+            if let Some(e) = live.get_mut(&seq) {
+                *e = rec;
+            }
+        }
+        for seq in removed {
+            live.remove(&seq);
+        }
+        Ok(live.into_iter().collect())
     }
 
     fn drop_log(&self, log: LogId) -> StoreResult<()> {
@@ -323,33 +382,54 @@ mod tests {
         QueueRecord::new(msg_id, 1)
     }
 
+    fn seqs(s: &SledStore, log: LogId) -> Vec<u64> {
+        s.entries(log).unwrap().iter().map(|e| e.0).collect()
+    }
+
     #[test]
-    fn logs_are_ordered_per_key_and_survive_reopen() {
+    fn batches_floor_and_removals_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            for seq in [3u64, 1, 2] {
-                s.put_entry(7, seq, &rec(seq * 10)).unwrap();
-            }
-            s.put_entry(8, 1, &rec(99)).unwrap();
-            s.remove_entry(7, 2).unwrap();
+            s.append(7, &[(1, rec(10)), (2, rec(20)), (3, rec(30))])
+                .unwrap();
+            s.append(7, &[(4, rec(40)), (6, rec(60))]).unwrap();
+            s.append(8, &[(1, rec(99))]).unwrap();
+            // Out of order: 4 is finished while 1 is not.
+            s.remove_entry(7, 4).unwrap();
+            s.rewrite_entry(
+                7,
+                6,
+                &QueueRecord {
+                    released: true,
+                    ..rec(60)
+                },
+            )
+            .unwrap();
+            s.trim(7, 2).unwrap();
             s.set_cursor(7, "phone", 1).unwrap();
             s.sync().unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        let got: Vec<u64> = s
-            .read_after(7, 0, 10)
-            .unwrap()
-            .iter()
-            .map(|e| e.0)
-            .collect();
-        assert_eq!(got, vec![1, 3]);
-        assert_eq!(s.read_after(7, 1, 10).unwrap()[0].1.msg_id, 30);
+        assert_eq!(seqs(&s, 7), vec![3, 6]);
+        let e = s.entries(7).unwrap();
+        assert_eq!(e[0].1.msg_id, 30);
+        assert!(e[1].1.released, "rewrite replaces the batched entry");
         assert_eq!(s.cursor(7, "phone").unwrap(), 1);
         assert_eq!(s.cursor(7, "tablet").unwrap(), 0);
+        assert_eq!(s.cursor(7, FLOOR_CURSOR).unwrap(), 2);
+
+        // The floor passing a batch frees it, with removals and rewrites.
+        s.trim(7, 6).unwrap();
+        assert!(seqs(&s, 7).is_empty());
+        assert_eq!(s.logs.scan_prefix(7u64.to_be_bytes()).count(), 0);
+        s.append(7, &[(7, rec(70))]).unwrap();
+        assert_eq!(seqs(&s, 7), vec![7]);
+
         s.drop_log(7).unwrap();
-        assert!(s.read_after(7, 0, 10).unwrap().is_empty());
-        assert_eq!(s.read_after(8, 0, 10).unwrap().len(), 1);
+        assert!(seqs(&s, 7).is_empty());
+        assert_eq!(s.cursor(7, FLOOR_CURSOR).unwrap(), 0);
+        assert_eq!(seqs(&s, 8), vec![1]);
     }
 
     #[test]

@@ -201,3 +201,90 @@ async fn qos2_release_state_survives_kill9() {
     r.send4(raw4::Packet::PubComp(raw4::PubComp::new(pkid)))
         .await;
 }
+
+/// Reads a PUBLISH, panicking on anything else.
+async fn raw_publish(r: &mut Raw) -> raw4::Publish {
+    match r.next().await {
+        RawEvent::V4(raw4::Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// Waits until everything the raw client sent before has been handled
+/// (packets are handled in order).
+async fn raw_ping(r: &mut Raw) {
+    r.send4(raw4::Packet::PingReq).await;
+    match r.next().await {
+        RawEvent::V4(raw4::Packet::PingResp) => {}
+        other => panic!("expected PINGRESP, got {other:?}"),
+    }
+}
+
+/// Publishes `payloads` at QoS 1, each acknowledged, then a retained
+/// message whose acknowledgement means every earlier write is on disk.
+async fn publish_durably(port: u16, payloads: &[&'static str]) {
+    use common::v4::*;
+    let (publ, mut pel) = client(opts("boss", port));
+    for p in payloads {
+        publ.publish("task", QoS::AtLeastOnce, false, *p)
+            .await
+            .unwrap();
+        puback(&mut pel).await;
+    }
+    publ.publish("flush", QoS::AtLeastOnce, true, "x")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+}
+
+#[tokio::test]
+async fn acknowledgements_in_any_order_hold_across_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    let q1 = rumqttc::mqttbytes::QoS::AtLeastOnce;
+    let mut r = raw_subscriber(broker.port, "worker", "task", q1).await;
+    publish_durably(broker.port, &["one", "two", "three"]).await;
+    let got = [
+        raw_publish(&mut r).await,
+        raw_publish(&mut r).await,
+        raw_publish(&mut r).await,
+    ];
+    // Only the middle one is acknowledged.
+    r.send4(raw4::Packet::PubAck(raw4::PubAck::new(got[1].pkid)))
+        .await;
+    raw_ping(&mut r).await;
+    publish_durably(broker.port, &[]).await;
+    broker.kill9();
+
+    // "one" and "three" come back as duplicates; "two" does not.
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    let (mut r, ack) = raw_resume(broker.port, "worker").await;
+    assert!(ack.session_present);
+    for want in ["one", "three"] {
+        let p = raw_publish(&mut r).await;
+        assert!(p.dup);
+        assert_eq!(p.payload, Bytes::from(want));
+        r.send4(raw4::Packet::PubAck(raw4::PubAck::new(p.pkid)))
+            .await;
+    }
+    raw_ping(&mut r).await;
+    drop(r);
+    publish_durably(broker.port, &[]).await;
+    broker.kill9();
+
+    // The queue is now empty on disk. A message queued after this restart
+    // must not reuse a position the log already finished, or the next
+    // restart would skip it.
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    publish_durably(broker.port, &["four"]).await;
+    broker.kill9();
+
+    let broker = BrokerProcess::start(&data_dir(&dir));
+    let (mut r, _) = raw_resume(broker.port, "worker").await;
+    let p = raw_publish(&mut r).await;
+    assert_eq!(p.payload, Bytes::from("four"));
+    assert!(!p.dup);
+    r.send4(raw4::Packet::PubAck(raw4::PubAck::new(p.pkid)))
+        .await;
+    raw_ping(&mut r).await;
+}
