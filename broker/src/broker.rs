@@ -2,7 +2,7 @@
 //! attaching sessions, routing publishes, subscribing, and ending sessions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use crate::auth::{AuthError, PasswordFile};
 use crate::commit::{GroupCommit, SyncFailed};
 use crate::config::{Config, Durability};
 use crate::hooks::{ClientInfo, ConfigHooks, Event, Hooks};
+use crate::keepalive::Watchdog;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::router::{Matched, Router, SubOptions};
@@ -33,6 +34,9 @@ pub enum BrokerError {
     /// A sync failed, so acknowledgements cannot be given.
     #[error(transparent)]
     Sync(#[from] SyncFailed),
+    /// The flusher thread could not be started.
+    #[error("starting the commit thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Asks an attached connection to leave; it answers on the enclosed sender
@@ -51,7 +55,15 @@ pub struct SessionHandle {
     pub drained: Notify,
     /// Some publisher may be waiting on `drained`.
     pub throttling: AtomicBool,
-    kick: Mutex<Option<oneshot::Sender<Kick>>>,
+    /// When the attached connection last heard from its client
+    /// ([`Watchdog`](crate::keepalive::Watchdog) clock).
+    pub(crate) seen_ms: AtomicU64,
+    /// The attachment generation whose keep-alive ran out.
+    pub(crate) expired_generation: AtomicU64,
+    /// A takeover waiting for the attached connection to leave; signalled
+    /// through `notify`, so a connection needs no channel of its own.
+    kick: Mutex<Option<Kick>>,
+    kicking: AtomicBool,
     will: Mutex<Option<Box<PendingWill>>>,
 }
 
@@ -72,8 +84,6 @@ pub struct Attached {
     pub session_present: bool,
     /// This attachment's generation.
     pub generation: u64,
-    /// Receives a takeover request.
-    pub kick: oneshot::Receiver<Kick>,
 }
 
 /// Result of routing one publish.
@@ -88,6 +98,31 @@ pub struct Routed {
 }
 
 impl SessionHandle {
+    /// A handle for `session`, not attached.
+    pub(crate) fn new(session: Session) -> SessionRef {
+        Arc::new(SessionHandle {
+            client_id: session.client_id.clone(),
+            state: Mutex::new(session),
+            notify: Notify::new(),
+            drained: Notify::new(),
+            throttling: AtomicBool::new(false),
+            seen_ms: AtomicU64::new(0),
+            expired_generation: AtomicU64::new(0),
+            kick: Mutex::new(None),
+            kicking: AtomicBool::new(false),
+            will: Mutex::new(None),
+        })
+    }
+
+    /// A pending takeover request, if any: the attached connection must
+    /// leave and then answer on it.
+    pub(crate) fn take_kick(&self) -> Option<Kick> {
+        if !self.kicking.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.kick.lock().take()
+    }
+
     /// Called by the session's connection after sending: wakes throttled
     /// publishers once the backlog is at most `low`.
     pub(crate) fn maybe_drained(&self, queued: usize, low: usize) {
@@ -125,6 +160,10 @@ pub struct Broker {
     /// Counters.
     pub metrics: Metrics,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Set once at shutdown; connections check it when woken.
+    closing: AtomicBool,
+    /// Keep-alive enforcement for all connections.
+    pub(crate) watchdog: Watchdog,
     pub(crate) connections: AtomicUsize,
 }
 
@@ -152,7 +191,7 @@ impl Broker {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
-        let commit = GroupCommit::start(store.clone());
+        let commit = GroupCommit::start(store.clone())?;
         let (events, _) = broadcast::channel(4096);
         let (shutdown, _) = watch::channel(false);
         let broker = Arc::new(Broker {
@@ -167,9 +206,21 @@ impl Broker {
             events,
             metrics: Metrics::default(),
             shutdown,
+            closing: AtomicBool::new(false),
+            watchdog: Watchdog::default(),
             connections: AtomicUsize::new(0),
         });
         broker.restore()?;
+        let b = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(b) = b.upgrade() else { return };
+                b.watchdog.tick();
+            }
+        });
         if broker.config.durability == Durability::Periodic {
             let b = Arc::downgrade(&broker);
             let every = Duration::from_millis(broker.config.flush_interval_ms);
@@ -201,15 +252,7 @@ impl Broker {
     }
 
     fn new_handle(&self, session: Session) -> SessionRef {
-        Arc::new(SessionHandle {
-            client_id: session.client_id.clone(),
-            state: Mutex::new(session),
-            notify: Notify::new(),
-            drained: Notify::new(),
-            throttling: AtomicBool::new(false),
-            kick: Mutex::new(None),
-            will: Mutex::new(None),
-        })
+        SessionHandle::new(session)
     }
 
     /// Loads retained messages and persistent sessions with their queues;
@@ -337,7 +380,14 @@ impl Broker {
     /// Asks every connection to close and stops accepting; returns once the
     /// store is flushed.
     pub async fn shutdown(&self) -> Result<(), SyncFailed> {
+        self.closing.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
+        // Connections wait on their session's notification rather than on a
+        // shutdown future of their own (less memory per idle connection);
+        // a stored permit means none can miss it.
+        for h in self.sessions.lock().values() {
+            h.notify.notify_one();
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.connections.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline
         {
@@ -357,6 +407,11 @@ impl Broker {
         );
         self.commit.close();
         r
+    }
+
+    /// True once [`Broker::shutdown`] has begun.
+    pub(crate) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// A receiver that turns true when the broker shuts down.
@@ -399,23 +454,25 @@ impl Broker {
     /// session.
     pub async fn attach(
         self: &Arc<Self>,
-        client_id: &str,
+        client_id: &Arc<str>,
         clean_start: bool,
         expiry_secs: u32,
     ) -> Result<Attached, BrokerError> {
         // Take over: ask the attached connection to leave and wait for it.
-        let existing = self.sessions.lock().get(client_id).cloned();
-        if let Some(h) = &existing {
-            let kick = h.kick.lock().take();
-            if let Some(k) = kick {
-                let (tx, rx) = oneshot::channel();
-                if k.send(tx).is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-                }
-            }
+        let existing = self.sessions.lock().get(&**client_id).cloned();
+        if let Some(h) = existing.as_ref().filter(|h| h.state.lock().online) {
+            let (tx, rx) = oneshot::channel();
+            *h.kick.lock() = Some(tx);
+            h.kicking.store(true, Ordering::Release);
+            h.notify.notify_one();
+            // Answered (or dropped) once the old connection has detached.
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+            // Not left for this connection to find after a timeout.
+            h.kicking.store(false, Ordering::Release);
+            h.kick.lock().take();
         }
         let mut registry = self.sessions.lock();
-        let existing = registry.get(client_id).cloned();
+        let existing = registry.get(&**client_id).cloned();
         let (handle, present) = match existing {
             Some(h) if !clean_start => (h, true),
             other => {
@@ -426,7 +483,8 @@ impl Broker {
                     registry = self.sessions.lock();
                 }
                 let log = self.store.next_id()?;
-                let cid: Arc<str> = client_id.into();
+                // Shared with the connection's ClientInfo: one copy of the id.
+                let cid = client_id.clone();
                 let h = self.new_handle(Session::new(
                     cid.clone(),
                     log,
@@ -438,10 +496,6 @@ impl Broker {
             }
         };
         drop(registry);
-        // A oneshot: tens of bytes per connection, where an mpsc channel
-        // allocates a block of slots up front.
-        let (tx, rx) = oneshot::channel();
-        *handle.kick.lock() = Some(tx);
         // Reconnecting cancels a pending (delayed) will.
         handle.will.lock().take();
         let generation = {
@@ -462,7 +516,6 @@ impl Broker {
             session: handle,
             session_present: present,
             generation,
-            kick: rx,
         })
     }
 
@@ -480,12 +533,9 @@ impl Broker {
         };
         handle.throttling.store(false, Ordering::Release);
         handle.drained.notify_waiters();
-        {
-            let mut k = handle.kick.lock();
-            if k.as_ref().is_some_and(|k| k.is_closed()) {
-                *k = None;
-            }
-        }
+        // A takeover waiting for this connection may go ahead.
+        handle.kicking.store(false, Ordering::Release);
+        handle.kick.lock().take();
         if expiry == 0 {
             self.destroy(handle, true);
         } else {

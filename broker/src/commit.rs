@@ -1,8 +1,8 @@
 //! Group commit with a write journal: many writers, one batch, one fsync.
 //!
 //! Every runtime write to the store is appended to an ordered in-memory
-//! journal. The flusher task takes the journal, applies it to the store in
-//! order, and syncs; writers waiting for durability take a ticket after
+//! journal. The flusher, a thread of its own (it blocks on the disk), takes
+//! the journal, applies it to the store in order, and syncs; writers waiting for durability take a ticket after
 //! writing and are released when a sync that started after their ticket has
 //! finished. So under load one fsync covers the writes of many publishes
 //! from many connections.
@@ -16,12 +16,12 @@
 //! waiter is released, each of its writes is on disk or was superseded by a
 //! later one (such as the delivery's acknowledgement).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
+use parking_lot::{Condvar, Mutex};
+use rustc_hash::FxHashMap as HashMap;
+use tokio::sync::watch;
 
 use crate::message::Message;
 use crate::store::{LogId, QueueRecord, SessionRecord, Store, StoreError, SENT_CURSOR};
@@ -108,8 +108,11 @@ impl Journal {
 /// Coordinates store writes and durable acknowledgements.
 pub struct GroupCommit {
     journal: Mutex<Journal>,
+    /// Tickets taken so far.
     requested: AtomicU64,
-    wake: Notify,
+    /// The flusher sleeps on `wake` while `idle` is true.
+    idle: Mutex<bool>,
+    wake: Condvar,
     done: watch::Sender<(u64, Option<SyncFailed>)>,
     syncs: AtomicU64,
     applied: AtomicU64,
@@ -120,13 +123,14 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher task for `store`. Must be called inside a runtime.
-    pub fn start(store: Arc<dyn Store>) -> Arc<GroupCommit> {
+    /// Starts the flusher thread for `store`.
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Arc<GroupCommit>> {
         let (done, _) = watch::channel((0, None));
         let gc = Arc::new(GroupCommit {
             journal: Mutex::default(),
             requested: AtomicU64::new(0),
-            wake: Notify::new(),
+            idle: Mutex::new(false),
+            wake: Condvar::new(),
             done,
             syncs: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -136,13 +140,31 @@ impl GroupCommit {
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         let me = gc.clone();
-        tokio::spawn(async move { me.run(store).await });
-        gc
+        std::thread::Builder::new()
+            .name("courier-commit".into())
+            .spawn(move || me.run(&*store))?;
+        Ok(gc)
     }
 
-    async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+    fn run(self: Arc<Self>, store: &dyn Store) {
+        let mut covered = 0;
         loop {
-            self.wake.notified().await;
+            {
+                let mut idle = self.idle.lock();
+                while self.requested.load(Ordering::Acquire) == covered
+                    && !self.closed.load(Ordering::Acquire)
+                {
+                    *idle = true;
+                    let timeout = self
+                        .wake
+                        .wait_for(&mut idle, std::time::Duration::from_millis(500));
+                    // Everyone else has dropped it: nothing can ask again.
+                    if timeout.timed_out() && Arc::strong_count(&self) == 1 {
+                        return;
+                    }
+                }
+                *idle = false;
+            }
             // Every ticket taken so far is covered: its writes are in the
             // journal taken below, or in one applied earlier.
             let upto = self.requested.load(Ordering::Acquire);
@@ -154,33 +176,24 @@ impl GroupCommit {
                 j.marks.clear();
                 std::mem::take(&mut j.ops)
             };
-            let s = store.clone();
-            let me = self.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                let t0 = std::time::Instant::now();
-                me.apply(&*s, ops);
-                let t1 = std::time::Instant::now();
-                let r = s.sync();
-                me.apply_ns
-                    .fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
-                me.sync_ns
-                    .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                r
-            })
-            .await;
+            let t0 = std::time::Instant::now();
+            self.apply(store, ops);
+            let t1 = std::time::Instant::now();
+            let res = store.sync();
+            self.apply_ns
+                .fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+            self.sync_ns
+                .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.syncs.fetch_add(1, Ordering::Relaxed);
-            let err = match res {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(SyncFailed(e.to_string())),
-                Err(e) => Some(SyncFailed(e.to_string())),
-            };
+            let err = res.err().map(|e| SyncFailed(e.to_string()));
             if let Some(e) = &err {
                 tracing::error!(error = %e, "store sync failed");
             }
             self.done.send_replace((upto, err));
+            covered = upto;
             // Closed and nothing left: release the store (and its file lock).
-            let idle = self.journal.lock().ops.is_empty();
-            if Arc::strong_count(&self) == 1 || (idle && self.closed.load(Ordering::Acquire)) {
+            let drained = self.journal.lock().ops.is_empty();
+            if drained && self.closed.load(Ordering::Acquire) {
                 return;
             }
         }
@@ -323,7 +336,7 @@ impl GroupCommit {
     pub async fn durable(&self) -> Result<(), SyncFailed> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rx = self.done.subscribe();
-        self.wake.notify_one();
+        self.kick();
         let r = rx
             .wait_for(|(upto, _)| *upto >= ticket)
             .await
@@ -338,7 +351,15 @@ impl GroupCommit {
     /// Writes journaled afterwards are not applied.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.kick();
+    }
+
+    /// Wakes the flusher if it sleeps. Taking `idle` orders this with its
+    /// check of `requested`, so a wake-up is never lost.
+    fn kick(&self) {
+        if *self.idle.lock() {
+            self.wake.notify_one();
+        }
     }
 
     /// Number of syncs performed.
@@ -387,7 +408,7 @@ mod tests {
     async fn many_waiters_share_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let gc = GroupCommit::start(store);
+        let gc = GroupCommit::start(store).unwrap();
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let gc = gc.clone();
@@ -415,7 +436,7 @@ mod tests {
     async fn acknowledged_before_commit_never_reaches_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let gc = GroupCommit::start(store.clone());
+        let gc = GroupCommit::start(store.clone()).unwrap();
         gc.put_message(1, msg());
         gc.add_entry(9, 1, rec(1));
         gc.rewrite_entry(9, 1, released(1));
@@ -444,7 +465,7 @@ mod tests {
     async fn one_batch_per_log_per_commit_and_out_of_order_finishes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let gc = GroupCommit::start(store.clone());
+        let gc = GroupCommit::start(store.clone()).unwrap();
         for seq in 1..=100 {
             gc.add_entry(3, seq, rec(seq));
         }
@@ -476,7 +497,7 @@ mod tests {
     async fn journal_keeps_order_across_session_delete_and_recreate() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let gc = GroupCommit::start(store.clone());
+        let gc = GroupCommit::start(store.clone()).unwrap();
         let session = |log| SessionRecord {
             client_id: "c".into(),
             log,

@@ -18,6 +18,7 @@ pub mod commit;
 pub mod config;
 pub mod connection;
 pub mod hooks;
+pub mod keepalive;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -6,8 +6,10 @@
 //! is also on disk is the caller's business: entries carry the store ids
 //! needed to mirror each transition.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::message::Message;
 use crate::router::SubOptions;
@@ -105,10 +107,13 @@ pub struct Session {
     pub generation: u64,
     queue: VecDeque<Delivery>,
     queued_bytes: u64,
-    inflight: HashMap<u16, Inflight>,
+    // Keyed by packet id (a u16 the broker chose, or bounded by the receive
+    // maximum): a fast fixed hash suits them and keeps the map small.
+    inflight: FxHashMap<u16, Inflight>,
     /// Sequence numbers of stored deliveries in flight (for [`Session::floor`]).
     inflight_stored: BTreeSet<u64>,
-    incoming_qos2: HashSet<u16>,
+    /// Allocated by the first incoming QoS 2 PUBLISH.
+    incoming_qos2: Option<Box<FxHashSet<u16>>>,
     next_seq: u64,
     limits: SessionLimits,
 }
@@ -125,9 +130,9 @@ impl Session {
             generation: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            inflight: HashMap::new(),
+            inflight: FxHashMap::default(),
             inflight_stored: BTreeSet::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: None,
             next_seq: 1,
             limits,
         }
@@ -323,24 +328,24 @@ impl Session {
     /// An incoming QoS 2 PUBLISH: true if `pkid` is new (route it), false
     /// if it is a re-send of one not yet released (do not route again).
     pub fn incoming_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        self.incoming_qos2.get_or_insert_default().insert(pkid)
     }
 
     /// Incoming PUBREL: forget `pkid`. True if it was known.
     pub fn incoming_release(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.remove(&pkid)
+        self.incoming_qos2.as_mut().is_some_and(|s| s.remove(&pkid))
     }
 
     /// Incoming QoS 2 messages waiting for PUBREL.
     pub fn incoming_pending(&self) -> usize {
-        self.incoming_qos2.len()
+        self.incoming_qos2.as_ref().map_or(0, |s| s.len())
     }
 
     /// Empties the session, returning every delivery it held (queued and in
     /// flight), so their stored messages can be released.
     pub fn drain(&mut self) -> Vec<Delivery> {
         self.queued_bytes = 0;
-        self.incoming_qos2.clear();
+        self.incoming_qos2 = None;
         self.inflight_stored.clear();
         let mut out: Vec<Delivery> = self.queue.drain(..).collect();
         out.extend(self.inflight.drain().map(|(_, i)| i.delivery));

@@ -309,6 +309,26 @@ async fn keep_alive_zero_is_accepted_and_timeout_enforced() {
 }
 
 #[tokio::test]
+async fn a_client_that_pings_in_time_stays_connected() {
+    let b = TestBroker::start().await;
+    let mut r = Raw::connect(b.addr(), false).await;
+    let mut c = raw4::Connect::new("pinger");
+    c.keep_alive = 1;
+    r.send4(raw4::Packet::Connect(c)).await;
+    raw_connack(&mut r).await;
+    // Four seconds of pings every half second: well past 1.5 x keep-alive,
+    // so a broker that ignored the pings would have closed the connection.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r.send4(raw4::Packet::PingReq).await;
+        assert!(matches!(
+            r.next().await,
+            RawEvent::V4(raw4::Packet::PingResp)
+        ));
+    }
+}
+
+#[tokio::test]
 async fn events_report_connect_drop_and_offline_queueing() {
     let b = TestBroker::start().await;
     let mut events = b.server.broker.events();
