@@ -191,7 +191,8 @@ impl Broker {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
-        let commit = GroupCommit::start(store.clone())?;
+        let delay = Duration::from_micros(config.commit_delay_us);
+        let commit = GroupCommit::start(store.clone(), delay)?;
         let (events, _) = broadcast::channel(4096);
         let (shutdown, _) = watch::channel(false);
         let broker = Arc::new(Broker {

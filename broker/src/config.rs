@@ -41,6 +41,10 @@ pub struct Config {
     pub durability: Durability,
     /// In `periodic` mode, how often the store is flushed (the loss window).
     pub flush_interval_ms: u64,
+    /// In `fsync` mode, how long a commit that follows straight on another
+    /// waits to gather more writes (microseconds; 0 = never waits). Only
+    /// under continuous load: a commit after an idle moment starts at once.
+    pub commit_delay_us: u64,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Authentication.
@@ -61,6 +65,7 @@ impl Default for Config {
             }],
             durability: Durability::Fsync,
             flush_interval_ms: 100,
+            commit_delay_us: 500,
             limits: Limits::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
@@ -283,6 +288,11 @@ impl Config {
         if self.durability == Durability::Periodic && self.flush_interval_ms == 0 {
             return Err(ConfigError::Invalid("flush_interval_ms must be > 0".into()));
         }
+        if self.commit_delay_us > 100_000 {
+            return Err(ConfigError::Invalid(
+                "commit_delay_us must be at most 100000 (0.1 s)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -296,6 +306,15 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/courier.toml");
         let cfg = Config::load(&path).expect("config/courier.toml is valid");
         assert_eq!(cfg.durability, Durability::Fsync);
+        assert_eq!(cfg.commit_delay_us, Config::default().commit_delay_us);
+    }
+
+    #[test]
+    fn commit_delay_is_bounded() {
+        let cfg: Config = toml::from_str("commit_delay_us = 200000").unwrap();
+        assert!(cfg.validate().is_err());
+        let cfg: Config = toml::from_str("commit_delay_us = 0").unwrap();
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]
