@@ -508,8 +508,12 @@ impl Broker {
             if s.persistent() {
                 self.save_session(&s, None);
             } else if was_persistent {
-                // Resumed with expiry 0: it ends with this connection.
+                // Resumed with expiry 0: it ends with this connection, and
+                // its queue leaves the disk now.
                 self.commit.delete_session(&s.client_id, s.log);
+                for id in s.unstore() {
+                    self.unref(id);
+                }
             }
             s.generation
         };

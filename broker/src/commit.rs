@@ -288,6 +288,8 @@ impl GroupCommit {
         let mut j = self.journal.lock();
         if let Some(&i) = j.appends.get(&log) {
             if let Op::Append(_, entries) = &mut j.ops[i] {
+                // Callers hold the session lock while numbering and journaling.
+                debug_assert!(entries.last().is_none_or(|e| e.0 < seq));
                 entries.push((seq, rec));
                 return;
             }

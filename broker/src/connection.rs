@@ -355,6 +355,8 @@ struct Conn<T> {
     deferred: Vec<(Vec<Arc<Message>>, u8, Option<u32>)>,
     /// The client has a keep-alive (enforced by the broker's watchdog).
     keep_alive: bool,
+    /// This connection's entry in the keep-alive wheel (0: none).
+    watch_id: u64,
     max_inflight_out: usize,
     client_max_packet: usize,
     /// 5.0 topic aliases, allocated on first use.
@@ -531,6 +533,7 @@ impl<T: Transport> Conn<T> {
             must_sync: false,
             deferred: Vec::new(),
             keep_alive: keep_alive > 0,
+            watch_id: 0,
             max_inflight_out: client_recv_max.min(max_inflight),
             client_max_packet: props
                 .max_packet_size
@@ -578,7 +581,7 @@ impl<T: Transport> Conn<T> {
         if keep_alive > 0 {
             // The server closes after 1.5 x keep-alive without a packet.
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
-            (conn.broker.watchdog).watch(&conn.session, conn.generation, limit);
+            conn.watch_id = (conn.broker.watchdog).watch(&conn.session, conn.generation, limit);
         }
         // Anything in flight from an earlier connection goes again, marked DUP.
         let resend = conn.session.state.lock().resend();
@@ -767,6 +770,7 @@ impl<T: Transport> Conn<T> {
                 delay,
             );
         }
+        self.broker.watchdog.unwatch(self.watch_id);
         self.broker.detach(&self.session, self.generation);
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
@@ -1340,6 +1344,7 @@ impl<T: Transport> Conn<T> {
                 delay,
             );
         }
+        self.broker.watchdog.unwatch(self.watch_id);
         self.broker.detach(&self.session, self.generation);
         tracing::debug!(client_id = %self.client.client_id, reason = ?close.reason, graceful = close.graceful, "disconnected");
         self.broker.emit(Event::Disconnected {

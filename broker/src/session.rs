@@ -352,6 +352,23 @@ impl Session {
         out
     }
 
+    /// The session's log was deleted (it stopped being persistent): its
+    /// deliveries are no longer on disk. Returns the shared message ids
+    /// they held, for the caller to release.
+    pub fn unstore(&mut self) -> Vec<u64> {
+        self.inflight_stored.clear();
+        let queued = self.queue.iter_mut();
+        let inflight = self.inflight.values_mut().map(|i| &mut i.delivery);
+        let mut ids = Vec::new();
+        for d in queued.chain(inflight).filter(|d| d.stored) {
+            d.stored = false;
+            if d.msg_id != 0 {
+                ids.push(d.msg_id);
+            }
+        }
+        ids
+    }
+
     /// Drops undeliverable QoS 0 entries when the connection goes away;
     /// they are never queued for an offline session.
     pub fn drop_qos0(&mut self) {

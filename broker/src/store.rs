@@ -205,11 +205,13 @@ impl SledStore {
 
 impl LogStore for SledStore {
     fn append(&self, log: LogId, entries: &[(u64, QueueRecord)]) -> StoreResult<()> {
-        let Some((last, _)) = entries.last() else {
+        // Keyed by the highest sequence number: the batch is freed only once
+        // the floor has passed all of it.
+        let Some(last) = entries.iter().map(|e| e.0).max() else {
             return Ok(());
         };
         self.logs.insert(
-            log_key(log, *last, Kind::Batch),
+            log_key(log, last, Kind::Batch),
             postcard::to_stdvec(entries)?,
         )?;
         Ok(())
@@ -229,9 +231,11 @@ impl LogStore for SledStore {
     fn trim(&self, log: LogId, floor: u64) -> StoreResult<()> {
         self.set_cursor(log, FLOOR_CURSOR, floor)?;
         let range = log_key(log, 0, Kind::Batch)..=log_key(log, floor, Kind::Removed);
+        let mut batch = sled::Batch::default();
         for k in self.logs.range(range).keys() {
-            self.logs.remove(k?)?;
+            batch.remove(k?);
         }
+        self.logs.apply_batch(batch)?;
         Ok(())
     }
 

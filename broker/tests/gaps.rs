@@ -291,3 +291,64 @@ async fn clean_start_reconnect_ends_the_old_session_and_sends_its_will() {
     let p = publish(&mut wel).await;
     assert_eq!(p.topic, Bytes::from("lwt/phone"));
 }
+
+#[tokio::test]
+async fn resuming_with_session_expiry_zero_takes_the_queue_off_disk() {
+    use courier::store::{FLOOR_CURSOR, SENT_CURSOR};
+    let mut b = TestBroker::start().await;
+    let persistent = |id: &str, expiry: u32| {
+        let mut p = props5();
+        p.session_expiry_interval = Some(expiry);
+        connect5(id, false, Some(p))
+    };
+    // Two persistent subscribers, so the message body is shared.
+    for id in ["phone", "laptop"] {
+        let mut r = Raw::connected5(b.addr(), persistent(id, 3600)).await;
+        r.subscribe5("inbox", QoS::AtLeastOnce).await;
+    }
+    let mut pb = Raw::connected5(b.addr(), connect5("sender", true, None)).await;
+    let mut m = Publish::new("inbox", QoS::AtLeastOnce, "hi", None);
+    m.pkid = 1;
+    pb.send(Packet::Publish(m)).await;
+    assert!(matches!(
+        pb.next().await,
+        RawEvent::Packet(Packet::PubAck(_))
+    ));
+
+    // The phone resumes with session expiry 0: its session (and log) now
+    // ends with this connection, but the queued message still arrives.
+    let mut phone = Raw::connected5(b.addr(), persistent("phone", 0)).await;
+    let p = match phone.next().await {
+        RawEvent::Packet(Packet::Publish(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(p.payload, Bytes::from("hi"));
+    phone.send(Packet::PubAck(PubAck::new(p.pkid, None))).await;
+    phone
+        .send(Packet::PingReq(rumqttc::v5::mqttbytes::v5::PingReq))
+        .await;
+    assert!(matches!(
+        phone.next().await,
+        RawEvent::Packet(Packet::PingResp(_))
+    ));
+    drop(phone);
+    b.server.shutdown().await.unwrap();
+    let TestBroker { server, dir } = b;
+    drop(server);
+
+    let store = open_when_released(&dir.path().join("data")).await;
+    let sessions = store.load_sessions().unwrap();
+    assert_eq!(sessions.len(), 1, "only the laptop's session is left");
+    let live = sessions[0].log;
+    assert_eq!(store.entries(live).unwrap().len(), 1);
+    assert_eq!(
+        store.message_ids().unwrap().len(),
+        1,
+        "body kept for the laptop"
+    );
+    // No cursor was written for the phone's deleted log after it went.
+    for log in (1..=100).filter(|&l| l != live) {
+        assert_eq!(store.cursor(log, SENT_CURSOR).unwrap(), 0, "log {log}");
+        assert_eq!(store.cursor(log, FLOOR_CURSOR).unwrap(), 0, "log {log}");
+    }
+}
