@@ -19,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::connection::{serve, Stream, Transport};
+use crate::metrics::Metrics;
 
 /// A listener could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +162,8 @@ pub async fn start(
     tracing::info!(%addr, ?kind, "listening");
     let mut shutdown = broker.shutdown_signal();
     let task = tokio::spawn(async move {
+        // Failed accepts since the last warning, and when that was.
+        let (mut failed, mut warned) = (0u64, None::<tokio::time::Instant>);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -179,8 +182,15 @@ pub async fn start(
                     }
                 }
                 Err(e) => {
-                    // Usually out of file descriptors: back off, don't spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Usually out of file descriptors: back off, don't spin;
+                    // the waiting clients stay in the kernel's backlog. One
+                    // warning per 10 s, not one per attempt.
+                    Metrics::inc(&broker.metrics.accept_errors);
+                    failed += 1;
+                    if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, failed, %addr, "accept failed; retrying every 50 ms");
+                        (failed, warned) = (0, Some(tokio::time::Instant::now()));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

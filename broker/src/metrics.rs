@@ -46,6 +46,8 @@ counters! {
     keepalive_timeouts,
     /// Store errors.
     store_errors,
+    /// Failed accepts (usually the open-file limit reached).
+    accept_errors,
 }
 
 impl Metrics {

@@ -172,6 +172,55 @@ async fn connection_limit_refuses_with_connack() {
 }
 
 #[tokio::test]
+async fn out_of_file_descriptors_clients_wait_and_are_served_when_some_leave() {
+    use rumqttc::mqttbytes::v4 as raw4;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, mut log) = BrokerProcess::start_with_fd_limit(&data_dir(&dir), 40);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let mut served = Vec::new();
+    // Connect until the broker reports that it cannot accept any more.
+    let mut waiting = loop {
+        assert!(served.len() < 40, "the limit was never reached");
+        let mut r = Raw::connect(addr, false).await;
+        let id = format!("c{}", served.len());
+        r.send4(raw4::Packet::Connect(raw4::Connect::new(id))).await;
+        let refused = tokio::select! {
+            ev = r.next() => match ev {
+                RawEvent::V4(raw4::Packet::ConnAck(_)) => false,
+                other => panic!("{other:?}"),
+            },
+            _ = wait_for_line(&mut log, "accept failed") => true,
+        };
+        if refused {
+            break r;
+        }
+        served.push(r);
+    };
+    // Two clients leave: the waiting one is served, and the broker is alive.
+    served.truncate(served.len() - 2);
+    match waiting.next().await {
+        RawEvent::V4(raw4::Packet::ConnAck(a)) => {
+            assert_eq!(a.code, raw4::ConnectReturnCode::Success)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        broker.child.try_wait().unwrap().is_none(),
+        "broker still running"
+    );
+}
+
+/// Waits for a log line containing `needle`.
+async fn wait_for_line(log: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) {
+    while let Some(line) = log.recv().await {
+        if line.contains(needle) {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+#[tokio::test]
 async fn healthy_client_survives_a_barrage() {
     use common::v4::*;
     let b = TestBroker::start().await;

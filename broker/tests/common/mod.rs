@@ -89,6 +89,44 @@ impl BrokerProcess {
         BrokerProcess { child, port }
     }
 
+    /// Like [`BrokerProcess::start`], but under an open-file limit of
+    /// `nofile` (set by the shell's `ulimit`); the broker's log lines
+    /// arrive on the returned channel.
+    pub fn start_with_fd_limit(
+        data_dir: &Path,
+        nofile: u32,
+    ) -> (BrokerProcess, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_courier"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn courier");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().expect("courier printed its address").unwrap();
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        std::thread::spawn(move || for _ in lines {});
+        (BrokerProcess { child, port }, rx)
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
