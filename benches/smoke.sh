@@ -20,11 +20,12 @@ lg=(timeout 120 target/debug/loadgen --port "$port" --label smoke --pid "$pid")
   "${lg[@]}" fanin --pubs 3 --duration 1 --warmup 0.2
   "${lg[@]}" offline --count 100
   "${lg[@]}" conns --count 50 --hold 0.2
+  "${lg[@]}" conns --count 50 --hold 0.2 --message-bytes 200
 } | tee "$work/results.jsonl"
 python3 - "$work/results.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-assert len(rows) == 6, rows
+assert len(rows) == 7, rows
 bad = [r for r in rows if r.get("lost", 0) or r.get("failed", 0)]
 assert not bad, bad
 print(f"smoke: {len(rows)} passed, 0 failed")

@@ -251,6 +251,10 @@ impl Session {
         };
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.cost();
+        if self.queue.is_empty() {
+            // An idle session keeps no queue buffer.
+            self.queue = VecDeque::new();
+        }
         if pkid != 0 {
             if d.stored {
                 self.inflight_stored.insert(d.seq);
@@ -322,6 +326,11 @@ impl Session {
     pub fn forget(&mut self, pkid: u16) -> Option<Delivery> {
         let d = self.inflight.remove(&pkid)?.delivery;
         self.inflight_stored.remove(&d.seq);
+        if self.inflight.is_empty() {
+            // Nothing in flight: release the table (idle sessions are most
+            // sessions).
+            self.inflight = FxHashMap::default();
+        }
         Some(d)
     }
 

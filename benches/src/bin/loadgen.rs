@@ -93,6 +93,11 @@ enum Scenario {
         /// Connections opened concurrently.
         #[arg(long, default_value_t = 200)]
         parallel: usize,
+        /// If set, every connection subscribes and receives one QoS 0
+        /// message of this many bytes before the hold (memory after
+        /// traffic, not just after CONNECT).
+        #[arg(long)]
+        message_bytes: Option<usize>,
     },
     /// A persistent session away while N messages were queued reconnects.
     Offline {
@@ -342,6 +347,10 @@ async fn run_flow(cli: &Cli, spec: FlowSpec, flow: &Flow) -> anyhow::Result<serd
         "rate": flow.rate,
         "duration_s": flow.duration,
         "sent": sent.iter().sum::<u64>(),
+        // Fairness: in a closed loop each publisher sends as fast as it is
+        // served, so the spread of per-stream counts shows uneven service.
+        "sent_min_stream": sent.iter().min(),
+        "sent_max_stream": sent.iter().max(),
         "acked": acked_total,
         "delivered": delivered,
         "lost": lost,
@@ -361,7 +370,12 @@ fn rss_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn idle_conn(host: &str, port: u16, id: String) -> anyhow::Result<tokio::net::TcpStream> {
+async fn idle_conn(
+    host: &str,
+    port: u16,
+    id: String,
+    subscribe: Option<String>,
+) -> anyhow::Result<tokio::net::TcpStream> {
     let mut s = tokio::net::TcpStream::connect((host, port)).await?;
     let mut c = rumqttc::mqttbytes::v4::Connect::new(id);
     c.keep_alive = 60;
@@ -373,6 +387,18 @@ async fn idle_conn(host: &str, port: u16, id: String) -> anyhow::Result<tokio::n
     if ack[0] != 0x20 || ack[3] != 0 {
         bail!("connection refused: {ack:?}");
     }
+    if let Some(topic) = subscribe {
+        let mut b = BytesMut::new();
+        let mut sub = rumqttc::mqttbytes::v4::Subscribe::new(topic, QoS::AtMostOnce);
+        sub.pkid = 1;
+        sub.write(&mut b)?;
+        s.write_all(&b).await?;
+        let mut suback = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut suback)).await??;
+        if suback[0] != 0x90 || suback[4] != 0 {
+            bail!("subscription refused: {suback:?}");
+        }
+    }
     Ok(s)
 }
 
@@ -381,8 +407,11 @@ async fn run_conns(
     count: usize,
     hold: f64,
     parallel: usize,
+    message_bytes: Option<usize>,
 ) -> anyhow::Result<serde_json::Value> {
     let id = run_id();
+    let topic = format!("bench/{id}/all");
+    let sub = message_bytes.map(|_| topic.clone());
     let rss0 = cli.pid.and_then(rss_kb);
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let t0 = Instant::now();
@@ -392,8 +421,9 @@ async fn run_conns(
         let host = cli.host.clone();
         let port = cli.port;
         let cid = format!("lg-{id}-c{i}");
+        let sub = sub.clone();
         tasks.push(tokio::spawn(async move {
-            let r = idle_conn(&host, port, cid).await;
+            let r = idle_conn(&host, port, cid, sub).await;
             drop(permit);
             r
         }));
@@ -407,6 +437,9 @@ async fn run_conns(
         }
     }
     let connect_s = t0.elapsed().as_secs_f64();
+    if let Some(n) = message_bytes {
+        broadcast_once(cli, &topic, n, &mut socks).await?;
+    }
     let rss1 = cli.pid.and_then(rss_kb);
     // Hold them open (keep-alive 60 s: a PINGREQ each if holding long).
     let half = Duration::from_secs_f64(hold / 2.0);
@@ -436,7 +469,33 @@ async fn run_conns(
         "rss_after_hold_kb": rss2,
         "bytes_per_conn": per_conn.map(|b| b.round()),
         "hold_s": hold,
+        "message_bytes": message_bytes,
     }))
+}
+
+/// Publishes one QoS 0 message of `n` bytes to `topic` and reads it on
+/// every socket (all subscribed to it).
+async fn broadcast_once(
+    cli: &Cli,
+    topic: &str,
+    n: usize,
+    socks: &mut [tokio::net::TcpStream],
+) -> anyhow::Result<()> {
+    let mut p = BytesMut::new();
+    rumqttc::mqttbytes::v4::Publish::new(topic, QoS::AtMostOnce, vec![0u8; n]).write(&mut p)?;
+    let mut publ = tokio::net::TcpStream::connect((cli.host.as_str(), cli.port)).await?;
+    let mut c = BytesMut::new();
+    rumqttc::mqttbytes::v4::Connect::new(format!("{topic}-pub")).write(&mut c)?;
+    publ.write_all(&c).await?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), publ.read_exact(&mut ack)).await??;
+    publ.write_all(&p).await?;
+    // Each subscriber gets the same bytes: read exactly that many.
+    let mut buf = vec![0u8; p.len()];
+    for s in socks.iter_mut() {
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await??;
+    }
+    Ok(())
 }
 
 async fn run_offline(cli: &Cli, count: u64, size: usize) -> anyhow::Result<serde_json::Value> {
@@ -570,7 +629,8 @@ async fn main() -> anyhow::Result<()> {
             count,
             hold,
             parallel,
-        } => run_conns(&cli, *count, *hold, *parallel).await?,
+            message_bytes,
+        } => run_conns(&cli, *count, *hold, *parallel, *message_bytes).await?,
         Scenario::Offline { count, payload } => run_offline(&cli, *count, *payload).await?,
     };
     println!("{out}");
