@@ -91,7 +91,7 @@ fn store_bench(c: &mut Criterion) {
                 let batch: Vec<_> = (seq + 1..=seq + n).map(|s| (s, rec.clone())).collect();
                 seq += n;
                 store.append(1, &batch).unwrap();
-                store.trim(1, seq).unwrap();
+                store.advance(1, Some(seq), Some(seq)).unwrap();
             })
         });
     }

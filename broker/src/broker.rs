@@ -270,14 +270,14 @@ impl Broker {
         let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
         let limits = self.session_limits();
         let records = self.store.load_sessions()?;
-        use crate::store::{FLOOR_CURSOR, SENT_CURSOR};
         let count = records.len();
         for rec in records {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
-            let sent = self.store.cursor(rec.log, SENT_CURSOR)?;
-            s.resume_after(sent.max(self.store.cursor(rec.log, FLOOR_CURSOR)?));
+            let marks = self.store.marks(rec.log)?;
+            let sent = marks.sent;
+            s.resume_after(marks.sent.max(marks.floor));
             for (seq, mut q) in self.store.entries(rec.log)? {
                 let inline = q.body.take();
                 let msg = match (inline, bodies.get(&q.msg_id)) {

@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::watch;
 
 use crate::message::Message;
-use crate::store::{LogId, QueueRecord, SessionRecord, Store, StoreError, SENT_CURSOR};
+use crate::store::{LogId, QueueRecord, SessionRecord, Store, StoreError};
 
 /// The sync failed; nothing written since the last good sync may be
 /// acknowledged.
@@ -230,16 +230,11 @@ impl GroupCommit {
                 Op::RemoveEntry(log, seq) => store.remove_entry(log, seq),
                 Op::PutRetained(m) => store.put_retained(&m),
                 Op::DeleteRetained(t) => store.delete_retained(&t),
-                Op::Marks { log, sent, floor } => {
-                    let mut r = Ok(());
-                    if sent > 0 {
-                        r = store.set_cursor(log, SENT_CURSOR, sent);
-                    }
-                    if floor > 0 && r.is_ok() {
-                        r = store.trim(log, floor);
-                    }
-                    r
-                }
+                Op::Marks { log, sent, floor } => store.advance(
+                    log,
+                    (sent > 0).then_some(sent),
+                    (floor > 0).then_some(floor),
+                ),
                 Op::Cancelled => {
                     self.cancelled.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -508,7 +503,7 @@ mod tests {
         gc.finish_entry(3, 100, 100);
         gc.durable().await.unwrap();
         assert!(seqs(&store, 3).is_empty());
-        assert_eq!(store.cursor(3, SENT_CURSOR).unwrap(), 40);
+        assert_eq!(store.marks(3).unwrap().sent, 40);
     }
 
     #[tokio::test]

@@ -82,14 +82,16 @@ impl QueueRecord {
     }
 }
 
-/// Cursor name under which a session's log records the highest sequence
-/// number sent; entries at or below it are resent as duplicates after a
-/// restart.
-pub const SENT_CURSOR: &str = "sent";
-
-/// Cursor name under which a log records its floor: every entry at or
-/// below it is finished.
-pub const FLOOR_CURSOR: &str = "floor";
+/// Where a session's log stands: one small record, written at most once
+/// per commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogMarks {
+    /// Highest sequence number sent; entries at or below it go out again
+    /// as duplicates after a restart.
+    pub sent: u64,
+    /// Every entry at or below it is finished.
+    pub floor: u64,
+}
 
 /// Durable, ordered per-key logs with consumer cursors.
 ///
@@ -105,9 +107,11 @@ pub trait LogStore: Send + Sync {
     fn rewrite_entry(&self, log: LogId, seq: u64, rec: &QueueRecord) -> StoreResult<()>;
     /// Removes entry `seq` of `log` (finished out of order, or unreadable).
     fn remove_entry(&self, log: LogId, seq: u64) -> StoreResult<()>;
-    /// Every entry of `log` at or below `floor` is finished: records the
-    /// floor and frees what lies wholly below it.
-    fn trim(&self, log: LogId, floor: u64) -> StoreResult<()>;
+    /// Moves `log`'s marks: sent up to `sent`, finished up to `floor`
+    /// (`None`: unchanged). Frees what lies wholly at or below the floor.
+    fn advance(&self, log: LogId, sent: Option<u64>, floor: Option<u64>) -> StoreResult<()>;
+    /// `log`'s marks (zero if never set).
+    fn marks(&self, log: LogId) -> StoreResult<LogMarks>;
     /// The live entries of `log` (above the floor, not removed), in order.
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>>;
     /// Removes a whole log and its cursors.
@@ -152,6 +156,7 @@ pub struct SledStore {
     sessions: sled::Tree,
     messages: sled::Tree,
     logs: sled::Tree,
+    marks: sled::Tree,
     cursors: sled::Tree,
     retained: sled::Tree,
 }
@@ -196,6 +201,7 @@ impl SledStore {
             sessions: db.open_tree("sessions")?,
             messages: db.open_tree("messages")?,
             logs: db.open_tree("logs")?,
+            marks: db.open_tree("marks")?,
             cursors: db.open_tree("cursors")?,
             retained: db.open_tree("retained")?,
             db,
@@ -228,8 +234,23 @@ impl LogStore for SledStore {
         Ok(())
     }
 
-    fn trim(&self, log: LogId, floor: u64) -> StoreResult<()> {
-        self.set_cursor(log, FLOOR_CURSOR, floor)?;
+    fn advance(&self, log: LogId, sent: Option<u64>, floor: Option<u64>) -> StoreResult<()> {
+        // Under load both move in every commit; otherwise read the other.
+        let old = match (sent, floor) {
+            (Some(_), Some(_)) => LogMarks::default(),
+            _ => self.marks(log)?,
+        };
+        let new = LogMarks {
+            sent: sent.unwrap_or(old.sent),
+            floor: floor.unwrap_or(old.floor),
+        };
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&new.sent.to_be_bytes());
+        v[8..].copy_from_slice(&new.floor.to_be_bytes());
+        self.marks.insert(log.to_be_bytes(), &v)?;
+        let Some(floor) = floor else {
+            return Ok(());
+        };
         let range = log_key(log, 0, Kind::Batch)..=log_key(log, floor, Kind::Removed);
         // Collected first, then removed one by one: sled's `apply_batch`
         // takes a write lock that waits for every operation in flight,
@@ -242,7 +263,7 @@ impl LogStore for SledStore {
     }
 
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>> {
-        let floor = self.cursor(log, FLOOR_CURSOR)?;
+        let floor = self.marks(log)?.floor;
         let mut live = std::collections::BTreeMap::new();
         let mut rewrites = Vec::new();
         let mut removed = Vec::new();
@@ -284,7 +305,21 @@ impl LogStore for SledStore {
             batch.remove(k?);
         }
         self.cursors.apply_batch(batch)?;
+        self.marks.remove(log.to_be_bytes())?;
         Ok(())
+    }
+
+    fn marks(&self, log: LogId) -> StoreResult<LogMarks> {
+        let Some(v) = self.marks.get(log.to_be_bytes())? else {
+            return Ok(LogMarks::default());
+        };
+        if v.len() != 16 {
+            return Err(StoreError::CorruptKey("marks"));
+        }
+        Ok(LogMarks {
+            sent: be_u64(&v[..8], "marks")?,
+            floor: be_u64(&v[8..], "marks")?,
+        })
     }
 
     fn set_cursor(&self, log: LogId, consumer: &str, seq: u64) -> StoreResult<()> {
@@ -412,7 +447,7 @@ mod tests {
                 },
             )
             .unwrap();
-            s.trim(7, 2).unwrap();
+            s.advance(7, Some(4), Some(2)).unwrap();
             s.set_cursor(7, "phone", 1).unwrap();
             s.sync().unwrap();
         }
@@ -423,10 +458,11 @@ mod tests {
         assert!(e[1].1.released, "rewrite replaces the batched entry");
         assert_eq!(s.cursor(7, "phone").unwrap(), 1);
         assert_eq!(s.cursor(7, "tablet").unwrap(), 0);
-        assert_eq!(s.cursor(7, FLOOR_CURSOR).unwrap(), 2);
+        assert_eq!(s.marks(7).unwrap(), LogMarks { sent: 4, floor: 2 });
 
         // The floor passing a batch frees it, with removals and rewrites.
-        s.trim(7, 6).unwrap();
+        s.advance(7, None, Some(6)).unwrap();
+        assert_eq!(s.marks(7).unwrap().sent, 4, "unchanged when not given");
         assert!(seqs(&s, 7).is_empty());
         assert_eq!(s.logs.scan_prefix(7u64.to_be_bytes()).count(), 0);
         s.append(7, &[(7, rec(70))]).unwrap();
@@ -434,7 +470,7 @@ mod tests {
 
         s.drop_log(7).unwrap();
         assert!(seqs(&s, 7).is_empty());
-        assert_eq!(s.cursor(7, FLOOR_CURSOR).unwrap(), 0);
+        assert_eq!(s.marks(7).unwrap(), LogMarks::default());
         assert_eq!(seqs(&s, 8), vec![1]);
     }
 

@@ -294,7 +294,7 @@ async fn clean_start_reconnect_ends_the_old_session_and_sends_its_will() {
 
 #[tokio::test]
 async fn resuming_with_session_expiry_zero_takes_the_queue_off_disk() {
-    use courier::store::{FLOOR_CURSOR, SENT_CURSOR};
+    use courier::store::LogMarks;
     let mut b = TestBroker::start().await;
     let persistent = |id: &str, expiry: u32| {
         let mut p = props5();
@@ -348,7 +348,6 @@ async fn resuming_with_session_expiry_zero_takes_the_queue_off_disk() {
     );
     // No cursor was written for the phone's deleted log after it went.
     for log in (1..=100).filter(|&l| l != live) {
-        assert_eq!(store.cursor(log, SENT_CURSOR).unwrap(), 0, "log {log}");
-        assert_eq!(store.cursor(log, FLOOR_CURSOR).unwrap(), 0, "log {log}");
+        assert_eq!(store.marks(log).unwrap(), LogMarks::default(), "log {log}");
     }
 }
