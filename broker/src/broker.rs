@@ -252,10 +252,6 @@ impl Broker {
         }
     }
 
-    fn new_handle(&self, session: Session) -> SessionRef {
-        SessionHandle::new(session)
-    }
-
     /// Loads retained messages and persistent sessions with their queues;
     /// deletes stored messages no queue refers to any more.
     fn restore(self: &Arc<Self>) -> Result<(), BrokerError> {
@@ -311,7 +307,7 @@ impl Broker {
                 let released = q.released;
                 s.restore(d, seq <= sent || released, released);
             }
-            let handle = self.new_handle(s);
+            let handle = SessionHandle::new(s);
             {
                 let mut router = self.router.write();
                 for (raw, opts) in &rec.subscriptions {
@@ -486,7 +482,7 @@ impl Broker {
                 let log = self.store.next_id()?;
                 // Shared with the connection's ClientInfo: one copy of the id.
                 let cid = client_id.clone();
-                let h = self.new_handle(Session::new(
+                let h = SessionHandle::new(Session::new(
                     cid.clone(),
                     log,
                     expiry_secs,

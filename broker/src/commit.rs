@@ -2,9 +2,9 @@
 //!
 //! Every runtime write to the store is appended to an ordered in-memory
 //! journal. The flusher, a thread of its own (it blocks on the disk), takes
-//! the journal, applies it to the store in order, and syncs; writers waiting for durability take a ticket after
-//! writing and are released when a sync that started after their ticket has
-//! finished. So under load one fsync covers the writes of many publishes
+//! the journal, applies it to the store in order, and syncs; writers waiting
+//! for durability take a ticket after writing and are released when a sync
+//! that started after their ticket has finished. So under load one fsync covers the writes of many publishes
 //! from many connections.
 //!
 //! A session's new queue entries in one commit go to the store as one
@@ -43,8 +43,8 @@ enum Op {
     RewriteEntry(LogId, u64, QueueRecord),
     RemoveEntry(LogId, u64),
     PutRetained(Arc<Message>),
-    /// A log's cursors, coalesced per commit: highest sent (0: unchanged)
-    /// and floor (0: unchanged).
+    /// A log's marks, coalesced per commit: highest sent (0: unchanged)
+    /// and floor (0: unchanged). Sequence numbers start at 1.
     Marks {
         log: LogId,
         sent: u64,
@@ -88,7 +88,7 @@ impl Journal {
         Some((entries, k))
     }
 
-    /// Coalesces a cursor change into this commit's `Op::Marks` for `log`.
+    /// Coalesces a marks change into this commit's `Op::Marks` for `log`.
     fn mark(&mut self, log: LogId, sent: u64, floor: u64) {
         if let Some(&i) = self.marks.get(&log) {
             if let Op::Marks {

@@ -584,7 +584,10 @@ impl<T: Transport> Conn<T> {
         if keep_alive > 0 {
             // The server closes after 1.5 x keep-alive without a packet.
             let limit = Duration::from_millis(keep_alive as u64 * 1500);
-            conn.watch_id = (conn.broker.watchdog).watch(&conn.session, conn.generation, limit);
+            conn.watch_id = conn
+                .broker
+                .watchdog
+                .watch(&conn.session, conn.generation, limit);
         }
         // Anything in flight from an earlier connection goes again, marked DUP.
         let resend = conn.session.state.lock().resend();
