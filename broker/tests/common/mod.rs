@@ -68,7 +68,7 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `courier` on a free port with `data_dir`; waits until it listens.
     pub fn start(data_dir: &Path) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -76,6 +76,11 @@ impl BrokerProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn courier");
+        Self::listening(child)
+    }
+
+    /// Waits for the child's "listening" line and takes its port.
+    fn listening(mut child: Child) -> BrokerProcess {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let line = lines.next().expect("courier printed its address").unwrap();
@@ -115,16 +120,7 @@ impl BrokerProcess {
                 let _ = tx.send(line);
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("courier printed its address").unwrap();
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        std::thread::spawn(move || for _ in lines {});
-        (BrokerProcess { child, port }, rx)
+        (Self::listening(child), rx)
     }
 
     pub fn kill9(mut self) {
