@@ -95,7 +95,6 @@ async fn raw_subscriber(port: u16, id: &str, topic: &str, qos: rumqttc::mqttbyte
 
 #[tokio::test]
 async fn inflight_message_is_redelivered_with_dup_after_kill9() {
-    use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&data_dir(&dir));
     let mut r = raw_subscriber(
@@ -106,35 +105,20 @@ async fn inflight_message_is_redelivered_with_dup_after_kill9() {
     )
     .await;
 
-    let (publ, mut pel) = client(opts("boss", broker.port));
-    publ.publish("task", QoS::AtLeastOnce, false, "do it")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
-    let first = match r.next().await {
-        RawEvent::V4(raw4::Packet::Publish(p)) => p,
-        other => panic!("{other:?}"),
-    };
-    // That the message was sent (the session's "sent" cursor) is recorded
-    // without a sync of its own; the next durable write (here a retained
-    // publish) covers it.
-    publ.publish("flush", QoS::AtLeastOnce, true, "x")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
+    publish_durably(broker.port, &["do it"]).await;
+    let first = raw_publish(&mut r).await;
+    // That the message was sent (the session's "sent" mark) is recorded
+    // without a sync of its own; the next durable write covers it.
+    publish_durably(broker.port, &[]).await;
     broker.kill9();
 
     let broker = BrokerProcess::start(&data_dir(&dir));
     let (mut r, ack) = raw_resume(broker.port, "worker").await;
     assert!(ack.session_present);
-    match r.next().await {
-        RawEvent::V4(raw4::Packet::Publish(p)) => {
-            assert!(p.dup);
-            assert_eq!(p.pkid, first.pkid);
-            assert_eq!(p.payload, Bytes::from("do it"));
-        }
-        other => panic!("{other:?}"),
-    }
+    let p = raw_publish(&mut r).await;
+    assert!(p.dup);
+    assert_eq!(p.pkid, first.pkid);
+    assert_eq!(p.payload, Bytes::from("do it"));
 }
 
 #[tokio::test]
@@ -180,18 +164,12 @@ async fn qos2_release_state_survives_kill9() {
         .await
         .unwrap();
     until(&mut pel, |p| matches!(p, Packet::PubComp(_)).then_some(())).await;
-    let pkid = match r.next().await {
-        RawEvent::V4(raw4::Packet::Publish(p)) => p.pkid,
-        other => panic!("{other:?}"),
-    };
+    let pkid = raw_publish(&mut r).await.pkid;
     // PUBREC: the broker answers PUBREL; the client never sends PUBCOMP.
     r.send4(raw4::Packet::PubRec(raw4::PubRec::new(pkid))).await;
     assert!(matches!(r.next().await, RawEvent::V4(raw4::Packet::PubRel(p)) if p.pkid == pkid));
     // A durable write after it makes sure the release state is on disk.
-    publ.publish("flush", QoS::AtLeastOnce, true, "x")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
+    publish_durably(broker.port, &[]).await;
     broker.kill9();
 
     let broker = BrokerProcess::start(&data_dir(&dir));
