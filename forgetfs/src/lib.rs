@@ -1,0 +1,98 @@
+//! forgetfs: a FUSE file system for power-loss tests.
+//!
+//! Everything lives in memory, in two images: what programs see now, and
+//! what a power cut would leave (data made durable by fsync/fdatasync of
+//! that file, names made durable by an fsync of their directory). A test
+//! mounts it, runs a program on it, kills the program, then calls
+//! [`Mount::power_cut`]: the file system is unmounted (so no kernel cache
+//! survives), everything not durable is forgotten, and it is mounted again
+//! at the same place. The idea is LazyFS's, which Jepsen uses.
+//!
+//! `sync_file_range`, `syncfs` and plain writes never reach a FUSE file
+//! system as a sync, so they are not durable here, as they are not on a
+//! drive with a volatile cache. The kernel's writeback cache is off, so
+//! every write reaches the model at once.
+//!
+//! Mounting needs `/dev/fuse` and root (or `fusermount3` from Debian's
+//! `fuse3`).
+
+mod fuse;
+mod tree;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuse::{Fuse, Shared};
+
+/// A mounted forgetful file system. Dropping it unmounts.
+pub struct Mount {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl Mount {
+    /// Mounts an empty file system on the existing directory `path`.
+    pub fn new(path: &Path) -> io::Result<Mount> {
+        let shared = Arc::new(Shared::default());
+        let session = Some(mount(path, shared.clone())?);
+        Ok(Mount {
+            path: path.to_owned(),
+            shared,
+            session,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Simulates a power cut: unmounts, forgets everything that was not
+    /// made durable, and mounts the rest again. Stop every program using
+    /// the mount first (an open file keeps the mount busy).
+    pub fn power_cut(&mut self) -> io::Result<()> {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join()?;
+        }
+        self.shared.tree().power_cut();
+        self.session = Some(mount(&self.path, self.shared.clone())?);
+        Ok(())
+    }
+
+    /// While `errno` is `Some`, every fsync and fdatasync fails with it,
+    /// and (as on Linux after a writeback error) the pages it should have
+    /// made durable are dropped from the dirty set without being made so.
+    pub fn fail_syncs(&self, errno: Option<i32>) {
+        self.shared
+            .fail_sync
+            .store(errno.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Successful fsyncs so far: of files, and of directories.
+    pub fn syncs(&self) -> (u64, u64) {
+        (
+            self.shared.file_syncs.load(Ordering::Relaxed),
+            self.shared.dir_syncs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+fn mount(path: &Path, shared: Arc<Shared>) -> io::Result<fuser::BackgroundSession> {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("forgetfs".into()),
+        fuser::MountOption::RW,
+    ];
+    fuser::spawn_mount(Fuse(shared), path, &config)
+}
