@@ -1,0 +1,241 @@
+//! Acknowledged means on disk, for real: the `courier` binary runs with its
+//! data directory on forgetfs, a file system that keeps everything not yet
+//! fsynced in memory. The broker is killed, then the file system forgets
+//! what was not durable, as a power cut would, and the broker starts again.
+//!
+//! These tests need `/dev/fuse` and root; they fail (never skip) without.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use forgetfs::Mount;
+
+/// A forgetful mount in a directory of the test's own; the broker's data
+/// directory is inside it.
+struct Disk {
+    mount: Mount,
+    _dir: tempfile::TempDir,
+}
+
+impl Disk {
+    fn new() -> Disk {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = Mount::new(dir.path()).expect("mount forgetfs (needs /dev/fuse and root)");
+        Disk { mount, _dir: dir }
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.mount.path().join("data")
+    }
+
+    /// Kills the broker hard, then cuts the power.
+    fn crash(&mut self, broker: BrokerProcess) {
+        broker.kill9();
+        self.mount.power_cut().expect("power cut");
+    }
+}
+
+fn big_opts(id: &str, port: u16) -> rumqttc::MqttOptions {
+    let mut o = v4::opts(id, port);
+    o.set_max_packet_size(2 << 20, 2 << 20);
+    o
+}
+
+/// Resumes `id`'s persistent session and returns its first `n` payloads.
+async fn resume_and_read(port: u16, id: &str, n: usize) -> Vec<Bytes> {
+    use common::v4::*;
+    let mut o = big_opts(id, port);
+    o.set_clean_session(false);
+    let (_c, mut el) = client(o);
+    assert!(connack(&mut el).await.session_present, "session survived");
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(publish(&mut el).await.payload);
+    }
+    got
+}
+
+/// A 5.0 QoS 1 PUBLISH with packet id `pkid`.
+fn publish5(topic: &str, payload: &'static str, pkid: u16) -> rumqttc::v5::mqttbytes::v5::Packet {
+    use rumqttc::v5::mqttbytes::{v5, QoS};
+    let mut p = v5::Publish::new(topic, QoS::AtLeastOnce, payload, None);
+    p.pkid = pkid;
+    v5::Packet::Publish(p)
+}
+
+#[tokio::test]
+async fn acknowledged_messages_and_the_session_survive_a_power_cut() {
+    use common::v4::*;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    subscribe_and_leave(&opts("phone", broker.port), "chat/phone").await;
+    const N: u32 = 200;
+    let (publ, mut pel) = client(opts("sender", broker.port));
+    for i in 0..N {
+        publ.publish("chat/phone", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+        puback(&mut pel).await;
+    }
+    disk.crash(broker);
+
+    let broker = BrokerProcess::start(&disk.data());
+    let got = resume_and_read(broker.port, "phone", N as usize).await;
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p.as_ref(), &(i as u32).to_be_bytes(), "message {i} in order");
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_a_power_cut_mid_burst() {
+    use common::v4::*;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    subscribe_and_leave(&opts("phone", broker.port), "chat/phone").await;
+    // A publisher that never waits: the cut comes while messages are in
+    // flight, some written and not yet synced.
+    let mut o = opts("sender", broker.port);
+    o.set_inflight(100);
+    let (publ, mut pel) = client(o);
+    tokio::spawn(async move {
+        for i in 0..5_000u32 {
+            if publ
+                .publish("chat/phone", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // PUBACKs come in order: after k of them, messages 0..k are acknowledged.
+    let mut acked = 0u32;
+    while acked < 700 {
+        puback(&mut pel).await;
+        acked += 1;
+    }
+    disk.crash(broker);
+
+    let broker = BrokerProcess::start(&disk.data());
+    let got = resume_and_read(broker.port, "phone", acked as usize).await;
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(p.as_ref(), &(i as u32).to_be_bytes(), "message {i} in order");
+    }
+}
+
+#[tokio::test]
+async fn a_retained_message_survives_a_power_cut() {
+    use common::v4::*;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    let (publ, mut pel) = client(opts("pub", broker.port));
+    publ.publish("config/theme", QoS::AtLeastOnce, true, "dark")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    disk.crash(broker);
+
+    let broker = BrokerProcess::start(&disk.data());
+    let (sub, mut sel) = client(opts("sub", broker.port));
+    connack(&mut sel).await;
+    sub.subscribe("config/#", QoS::AtLeastOnce).await.unwrap();
+    let p = publish(&mut sel).await;
+    assert_eq!(p.payload, Bytes::from("dark"));
+    assert!(p.retain);
+}
+
+#[tokio::test]
+async fn a_large_message_survives_a_power_cut() {
+    use common::v4::*;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    subscribe_and_leave(&big_opts("phone", broker.port), "media/phone").await;
+    // Far above sled's blob threshold (a quarter of its 512 KiB segment).
+    let photo: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8).collect();
+    let (publ, mut pel) = client(big_opts("sender", broker.port));
+    publ.publish("media/phone", QoS::AtLeastOnce, false, photo.clone())
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    disk.crash(broker);
+
+    let broker = BrokerProcess::start(&disk.data());
+    let got = resume_and_read(broker.port, "phone", 1).await;
+    assert!(got[0].as_ref() == photo.as_slice(), "the whole body, intact");
+}
+
+#[tokio::test]
+async fn a_power_cut_right_after_the_first_start_leaves_a_working_store() {
+    use common::v4::*;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    disk.crash(broker);
+
+    // The broker starts on a valid store (empty: nothing was acknowledged)
+    // and keeps what it acknowledges from then on.
+    let broker = BrokerProcess::start(&disk.data());
+    let (publ, mut pel) = client(opts("pub", broker.port));
+    publ.publish("config/theme", QoS::AtLeastOnce, true, "light")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    disk.crash(broker);
+    let broker = BrokerProcess::start(&disk.data());
+    let (sub, mut sel) = client(opts("sub", broker.port));
+    connack(&mut sel).await;
+    sub.subscribe("config/#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(publish(&mut sel).await.payload, Bytes::from("light"));
+}
+
+#[tokio::test]
+async fn a_failed_fsync_fails_the_acknowledgements_that_waited_on_it() {
+    use common::v5::PubAckReason;
+    let mut disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port));
+    v4::subscribe_and_leave(&v4::opts("phone", broker.port), "chat/phone").await;
+
+    disk.mount.fail_syncs(Some(libc::EIO));
+    // 5.0: the PUBACK carries an error reason code.
+    let mut r5 = Raw::connected5(addr, connect5("sender5", true, None)).await;
+    r5.send(publish5("chat/phone", "lost?", 1)).await;
+    match r5.next().await {
+        RawEvent::Packet(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)) => {
+            assert_eq!(a.reason, PubAckReason::UnspecifiedError)
+        }
+        other => panic!("expected a failed PUBACK, got {other:?}"),
+    }
+    // 3.1.1 has no reason codes: the connection is closed, no PUBACK.
+    let (c4, mut el4) = v4::client(v4::opts("sender4", broker.port));
+    v4::connack(&mut el4).await;
+    c4.publish("chat/phone", rumqttc::QoS::AtLeastOnce, false, "lost too")
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match el4.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .expect("an answer within the deadline");
+    assert!(closed, "3.1.1: closed without a PUBACK");
+
+    // The disk works again, but what the failed sync held may be gone:
+    // the broker must not quietly retry and then acknowledge.
+    disk.mount.fail_syncs(None);
+    let mut r5 = Raw::connected5(addr, connect5("sender5b", true, None)).await;
+    r5.send(publish5("chat/phone", "after", 1)).await;
+    match r5.next().await {
+        RawEvent::Packet(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)) => {
+            assert_ne!(a.reason, PubAckReason::Success, "no success after a lost sync")
+        }
+        RawEvent::Closed => {}
+        other => panic!("expected a failed PUBACK, got {other:?}"),
+    }
+    broker.kill9();
+}
