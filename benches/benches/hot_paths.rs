@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use courier::codec::{self, Packet, Publish, QoS, Version};
+use courier::redb_store::RedbStore;
 use courier::router::{Router, SubOptions};
-use courier::store::{LogStore, QueueRecord, SledStore};
+use courier::store::{QueueRecord, Store, Write};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn codec_bench(c: &mut Criterion) {
@@ -78,7 +79,7 @@ fn router_bench(c: &mut Criterion) {
 
 fn store_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = RedbStore::open(dir.path()).unwrap();
     let rec = QueueRecord::new(1, 1);
     let mut g = c.benchmark_group("store");
     let mut seq = 0u64;
@@ -90,8 +91,15 @@ fn store_bench(c: &mut Criterion) {
             b.iter(|| {
                 let batch: Vec<_> = (seq + 1..=seq + n).map(|s| (s, rec.clone())).collect();
                 seq += n;
-                store.append(1, &batch).unwrap();
-                store.advance(1, Some(seq), Some(seq)).unwrap();
+                let writes = [
+                    Write::Append(1, batch),
+                    Write::Marks {
+                        log: 1,
+                        sent: Some(seq),
+                        floor: Some(seq),
+                    },
+                ];
+                store.commit(&mut writes.into_iter()).unwrap();
             })
         });
     }

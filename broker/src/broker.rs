@@ -17,9 +17,10 @@ use crate::hooks::{ClientInfo, ConfigHooks, Event, Hooks};
 use crate::keepalive::Watchdog;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
+use crate::redb_store::RedbStore;
 use crate::router::{Matched, Router, SubOptions};
 use crate::session::{Delivery, Session, SessionLimits};
-use crate::store::{QueueRecord, SessionRecord, SledStore, Store, StoreError};
+use crate::store::{QueueRecord, SessionRecord, Store, StoreError, Write};
 use crate::topic::{self, TopicLimits};
 
 /// A failure starting or running the broker.
@@ -188,9 +189,7 @@ impl Broker {
         config: Config,
         hooks: Arc<dyn Hooks>,
     ) -> Result<Arc<Broker>, BrokerError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let store: Arc<dyn Store> = RedbStore::open(&config.data_dir)?;
         let delay = Duration::from_micros(config.commit_delay_us);
         let commit = GroupCommit::start(store.clone(), delay)?;
         let (events, _) = broadcast::channel(4096);
@@ -267,6 +266,7 @@ impl Broker {
         let limits = self.session_limits();
         let records = self.store.load_sessions()?;
         let count = records.len();
+        let mut cleanup = Vec::new();
         for rec in records {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
@@ -287,7 +287,7 @@ impl Broker {
                         }
                         None => {
                             tracing::warn!(client_id = %cid, seq, "queue entry without message; dropped");
-                            self.store.remove_entry(rec.log, seq)?;
+                            cleanup.push(Write::RemoveEntry(rec.log, seq));
                             continue;
                         }
                     },
@@ -323,12 +323,12 @@ impl Broker {
         }
         for id in self.store.message_ids()? {
             if !refs.contains_key(&id) {
-                self.store.delete_message(id)?;
+                cleanup.push(Write::DeleteMessage(id));
             }
         }
         let queued: u32 = refs.values().sum();
         *self.refs.lock() = refs;
-        self.store.sync()?;
+        self.store.commit(&mut cleanup.into_iter())?;
         tracing::info!(
             sessions = count,
             queued,
@@ -392,14 +392,13 @@ impl Broker {
         }
         let r = self.commit.durable().await;
         let (applied, cancelled) = self.commit.write_counts();
-        let (apply_ms, sync_ms) = self.commit.times_ms();
+        let commit_ms = self.commit.commit_ms();
         let syncs = self.commit.syncs();
         tracing::info!(
             syncs,
             applied,
             cancelled,
-            apply_ms,
-            sync_ms,
+            commit_ms,
             "store writes since start"
         );
         self.commit.close();
@@ -479,7 +478,7 @@ impl Broker {
                     self.destroy(&old, true);
                     registry = self.sessions.lock();
                 }
-                let log = self.store.next_id()?;
+                let log = self.store.next_id();
                 // Shared with the connection's ClientInfo: one copy of the id.
                 let cid = client_id.clone();
                 let h = SessionHandle::new(Session::new(
@@ -785,7 +784,7 @@ impl Broker {
                 Some((**msg).clone())
             } else {
                 if *msg_id == 0 {
-                    *msg_id = self.store.next_id()?;
+                    *msg_id = self.store.next_id();
                     self.commit.put_message(*msg_id, msg.clone());
                 }
                 *self.refs.lock().entry(*msg_id).or_default() += 1;

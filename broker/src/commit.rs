@@ -16,7 +16,7 @@
 //! waiter is released, each of its writes is on disk or was superseded by a
 //! later one (such as the delivery's acknowledgement).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::watch;
 
 use crate::message::Message;
-use crate::store::{LogId, QueueRecord, SessionRecord, Store, StoreError};
+use crate::store::{LogId, QueueRecord, SessionRecord, Store, Write};
 
 /// The sync failed; nothing written since the last good sync may be
 /// acknowledged.
@@ -32,45 +32,24 @@ use crate::store::{LogId, QueueRecord, SessionRecord, Store, StoreError};
 #[error("store sync failed: {0}")]
 pub struct SyncFailed(pub String);
 
-/// One journaled write.
-enum Op {
-    PutSession(SessionRecord),
-    DeleteSession(String, LogId),
-    PutMessage(u64, Arc<Message>),
-    DeleteMessage(u64),
-    /// A log's new entries in this commit, ascending.
-    Append(LogId, Vec<(u64, QueueRecord)>),
-    RewriteEntry(LogId, u64, QueueRecord),
-    RemoveEntry(LogId, u64),
-    PutRetained(Arc<Message>),
-    /// A log's marks, coalesced per commit: highest sent (0: unchanged)
-    /// and floor (0: unchanged). Sequence numbers start at 1.
-    Marks {
-        log: LogId,
-        sent: u64,
-        floor: u64,
-    },
-    DeleteRetained(String),
-    /// Cancelled before it was applied.
-    Cancelled,
-}
-
 /// Writes not yet applied, with indexes into them for coalescing.
 #[derive(Default)]
 struct Journal {
-    ops: Vec<Op>,
-    /// Each log's `Op::Append` in this commit.
+    /// Writes in order; `None` where one was cancelled before it was
+    /// applied.
+    ops: Vec<Option<Write>>,
+    /// Each log's `Write::Append` in this commit.
     appends: HashMap<LogId, usize>,
     /// Rewrites of entries written in an earlier commit.
     rewrites: HashMap<(LogId, u64), usize>,
     messages: HashMap<u64, usize>,
-    /// Each log's `Op::Marks` in this commit.
+    /// Each log's `Write::Marks` in this commit.
     marks: HashMap<LogId, usize>,
 }
 
 impl Journal {
-    fn push(&mut self, op: Op) -> usize {
-        self.ops.push(op);
+    fn push(&mut self, op: Write) -> usize {
+        self.ops.push(Some(op));
         self.ops.len() - 1
     }
 
@@ -81,26 +60,26 @@ impl Journal {
         seq: u64,
     ) -> Option<(&mut Vec<(u64, QueueRecord)>, usize)> {
         let i = *self.appends.get(&log)?;
-        let Op::Append(_, entries) = &mut self.ops[i] else {
+        let Some(Write::Append(_, entries)) = &mut self.ops[i] else {
             return None;
         };
         let k = entries.binary_search_by_key(&seq, |e| e.0).ok()?;
         Some((entries, k))
     }
 
-    /// Coalesces a marks change into this commit's `Op::Marks` for `log`.
-    fn mark(&mut self, log: LogId, sent: u64, floor: u64) {
+    /// Coalesces a marks change into this commit's `Write::Marks` for `log`.
+    fn mark(&mut self, log: LogId, sent: Option<u64>, floor: Option<u64>) {
         if let Some(&i) = self.marks.get(&log) {
-            if let Op::Marks {
+            if let Some(Write::Marks {
                 sent: s, floor: f, ..
-            } = &mut self.ops[i]
+            }) = &mut self.ops[i]
             {
                 *s = (*s).max(sent);
                 *f = (*f).max(floor);
                 return;
             }
         }
-        let i = self.push(Op::Marks { log, sent, floor });
+        let i = self.push(Write::Marks { log, sent, floor });
         self.marks.insert(log, i);
     }
 }
@@ -117,9 +96,12 @@ pub struct GroupCommit {
     syncs: AtomicU64,
     applied: AtomicU64,
     cancelled: AtomicU64,
-    apply_ns: AtomicU64,
     sync_ns: AtomicU64,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
+    /// The flusher has ended.
+    stopped: AtomicBool,
+    /// The first failed commit; every later one fails with it.
+    failed: Mutex<Option<SyncFailed>>,
     /// Pause before a commit that follows straight on another.
     delay: std::time::Duration,
 }
@@ -143,9 +125,10 @@ impl GroupCommit {
             syncs: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
-            apply_ns: AtomicU64::new(0),
             sync_ns: AtomicU64::new(0),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            failed: Mutex::new(None),
             delay,
         });
         let me = gc.clone();
@@ -171,6 +154,7 @@ impl GroupCommit {
                         .wait_for(&mut idle, std::time::Duration::from_millis(500));
                     // Everyone else has dropped it: nothing can ask again.
                     if timeout.timed_out() && Arc::strong_count(&self) == 1 {
+                        self.stop();
                         return;
                     }
                 }
@@ -193,76 +177,73 @@ impl GroupCommit {
                 std::mem::take(&mut j.ops)
             };
             let t0 = std::time::Instant::now();
-            self.apply(store, ops);
-            let t1 = std::time::Instant::now();
-            let res = store.sync();
-            self.apply_ns
-                .fetch_add((t1 - t0).as_nanos() as u64, Ordering::Relaxed);
+            let err = self.commit(store, ops);
             self.sync_ns
-                .fetch_add(t1.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.syncs.fetch_add(1, Ordering::Relaxed);
-            let err = res.err().map(|e| SyncFailed(e.to_string()));
-            if let Some(e) = &err {
-                tracing::error!(error = %e, "store sync failed");
-            }
             self.done.send_replace((upto, err));
             covered = upto;
             // Closed and nothing left: release the store (and its file lock).
             let drained = self.journal.lock().ops.is_empty();
             if drained && self.closed.load(Ordering::Acquire) {
+                self.stop();
                 return;
             }
         }
     }
 
-    /// Applies journaled writes in order. A failed write is logged; the
-    /// sync that follows reports the store's state.
-    fn apply(&self, store: &dyn Store, ops: Vec<Op>) {
-        for op in ops {
-            let r: Result<(), StoreError> = match op {
-                Op::PutSession(rec) => store.put_session(&rec),
-                Op::DeleteSession(cid, log) => store.delete_session(&cid, log),
-                Op::PutMessage(id, m) => store.put_message(id, &m),
-                Op::DeleteMessage(id) => store.delete_message(id),
-                Op::Append(_, entries) if entries.is_empty() => continue,
-                Op::Append(log, entries) => store.append(log, &entries),
-                Op::RewriteEntry(log, seq, rec) => store.rewrite_entry(log, seq, &rec),
-                Op::RemoveEntry(log, seq) => store.remove_entry(log, seq),
-                Op::PutRetained(m) => store.put_retained(&m),
-                Op::DeleteRetained(t) => store.delete_retained(&t),
-                Op::Marks { log, sent, floor } => store.advance(
-                    log,
-                    (sent > 0).then_some(sent),
-                    (floor > 0).then_some(floor),
-                ),
-                Op::Cancelled => {
-                    self.cancelled.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            };
-            self.applied.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = r {
-                tracing::error!(error = %e, "store write failed");
+    /// Commits journaled writes as one durable batch. After a failure
+    /// nothing more is committed: what the failed sync covered may be gone
+    /// from the disk (a retried fsync can succeed without writing it), so
+    /// every later waiter gets the same error until a restart.
+    fn commit(&self, store: &dyn Store, ops: Vec<Option<Write>>) -> Option<SyncFailed> {
+        let mut failed = self.failed.lock();
+        if let Some(e) = &*failed {
+            return Some(e.clone());
+        }
+        let (mut applied, mut cancelled) = (0, 0);
+        for op in &ops {
+            match op {
+                None => cancelled += 1,
+                // Every entry of it was finished before the commit.
+                Some(Write::Append(_, e)) if e.is_empty() => {}
+                Some(_) => applied += 1,
             }
         }
+        self.applied.fetch_add(applied, Ordering::Relaxed);
+        self.cancelled.fetch_add(cancelled, Ordering::Relaxed);
+        let mut writes = ops.into_iter().flatten();
+        let e = store.commit(&mut writes).err()?;
+        tracing::error!(error = %e, "store commit failed; acknowledgements that need the store fail until a restart");
+        let e = SyncFailed(e.to_string());
+        *failed = Some(e.clone());
+        Some(e)
+    }
+
+    /// The flusher ends: a waiter from now on is answered at once.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.done
+            .send_replace((u64::MAX, Some(SyncFailed("the store is closed".into()))));
     }
 
     /// Journals a session record.
     pub fn put_session(&self, rec: SessionRecord) {
-        self.journal.lock().push(Op::PutSession(rec));
+        self.journal.lock().push(Write::PutSession(rec));
     }
 
     /// Journals the deletion of a session and its whole queue log.
     pub fn delete_session(&self, client_id: &str, log: LogId) {
-        self.journal
-            .lock()
-            .push(Op::DeleteSession(client_id.to_owned(), log));
+        self.journal.lock().push(Write::DeleteSession {
+            client_id: client_id.to_owned(),
+            log,
+        });
     }
 
     /// Journals a message body (written once, however many queues hold it).
     pub fn put_message(&self, id: u64, msg: Arc<Message>) {
         let mut j = self.journal.lock();
-        let i = j.push(Op::PutMessage(id, msg));
+        let i = j.push(Write::PutMessage(id, msg));
         j.messages.insert(id, i);
     }
 
@@ -270,9 +251,9 @@ impl GroupCommit {
     pub fn delete_message(&self, id: u64) {
         let mut j = self.journal.lock();
         match j.messages.remove(&id) {
-            Some(i) => j.ops[i] = Op::Cancelled,
+            Some(i) => j.ops[i] = None,
             None => {
-                j.push(Op::DeleteMessage(id));
+                j.push(Write::DeleteMessage(id));
             }
         }
     }
@@ -282,14 +263,14 @@ impl GroupCommit {
     pub fn add_entry(&self, log: LogId, seq: u64, rec: QueueRecord) {
         let mut j = self.journal.lock();
         if let Some(&i) = j.appends.get(&log) {
-            if let Op::Append(_, entries) = &mut j.ops[i] {
+            if let Some(Write::Append(_, entries)) = &mut j.ops[i] {
                 // Callers hold the session lock while numbering and journaling.
                 debug_assert!(entries.last().is_none_or(|e| e.0 < seq));
                 entries.push((seq, rec));
                 return;
             }
         }
-        let i = j.push(Op::Append(log, vec![(seq, rec)]));
+        let i = j.push(Write::Append(log, vec![(seq, rec)]));
         j.appends.insert(log, i);
     }
 
@@ -301,10 +282,10 @@ impl GroupCommit {
             return;
         }
         if let Some(&i) = j.rewrites.get(&(log, seq)) {
-            j.ops[i] = Op::RewriteEntry(log, seq, rec);
+            j.ops[i] = Some(Write::RewriteEntry(log, seq, rec));
             return;
         }
-        let i = j.push(Op::RewriteEntry(log, seq, rec));
+        let i = j.push(Write::RewriteEntry(log, seq, rec));
         j.rewrites.insert((log, seq), i);
     }
 
@@ -313,42 +294,47 @@ impl GroupCommit {
     /// already on disk costs nothing more when the floor covers it.
     pub fn finish_entry(&self, log: LogId, seq: u64, floor: u64) {
         let mut j = self.journal.lock();
-        j.mark(log, 0, floor);
+        j.mark(log, None, Some(floor).filter(|&f| f > 0));
         if let Some((entries, k)) = j.fresh_entry(log, seq) {
             entries.remove(k);
             self.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if let Some(i) = j.rewrites.remove(&(log, seq)) {
-            j.ops[i] = Op::Cancelled;
+            j.ops[i] = None;
         }
         if seq > floor {
-            j.push(Op::RemoveEntry(log, seq));
+            j.push(Write::RemoveEntry(log, seq));
         }
     }
 
     /// Journals that `log` has been sent up to `seq`; one write per log per
     /// commit however many deliveries move it.
     pub fn set_sent(&self, log: LogId, seq: u64) {
-        self.journal.lock().mark(log, seq, 0);
+        self.journal.lock().mark(log, Some(seq), None);
     }
 
     /// Journals a retained message.
     pub fn put_retained(&self, msg: Arc<Message>) {
-        self.journal.lock().push(Op::PutRetained(msg));
+        self.journal.lock().push(Write::PutRetained(msg));
     }
 
     /// Journals clearing a retained message.
     pub fn delete_retained(&self, topic: &str) {
         self.journal
             .lock()
-            .push(Op::DeleteRetained(topic.to_owned()));
+            .push(Write::DeleteRetained(topic.to_owned()));
     }
 
     /// Waits until every write journaled before this call is durable.
     pub async fn durable(&self) -> Result<(), SyncFailed> {
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        // Subscribed before checking `stopped`: the flusher's last answer
+        // (sent after it sets `stopped`) is then seen either way.
         let mut rx = self.done.subscribe();
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(SyncFailed("the store is closed".into()));
+        }
         self.kick();
         let r = rx
             .wait_for(|(upto, _)| *upto >= ticket)
@@ -380,12 +366,10 @@ impl GroupCommit {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Time spent applying journaled writes and in syncs, in milliseconds.
-    pub fn times_ms(&self) -> (u64, u64) {
-        (
-            self.apply_ns.load(Ordering::Relaxed) / 1_000_000,
-            self.sync_ns.load(Ordering::Relaxed) / 1_000_000,
-        )
+    /// Time spent in commits (applying the batch and its fsync), in
+    /// milliseconds.
+    pub fn commit_ms(&self) -> u64 {
+        self.sync_ns.load(Ordering::Relaxed) / 1_000_000
     }
 
     /// Journaled writes applied to the store, and cancelled before they were.
@@ -400,7 +384,7 @@ impl GroupCommit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{LogStore, SledStore};
+    use crate::redb_store::RedbStore;
 
     fn rec(msg_id: u64) -> QueueRecord {
         QueueRecord::new(msg_id, 1)
@@ -420,7 +404,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_waiters_share_syncs() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store: Arc<dyn Store> = RedbStore::open(dir.path()).unwrap();
         let gc = GroupCommit::start(store, Default::default()).unwrap();
         let mut tasks = Vec::new();
         for _ in 0..200 {
@@ -434,7 +418,7 @@ mod tests {
         assert!(gc.syncs() < 200, "syncs = {}", gc.syncs());
     }
 
-    fn seqs(store: &SledStore, log: LogId) -> Vec<u64> {
+    fn seqs(store: &RedbStore, log: LogId) -> Vec<u64> {
         store.entries(log).unwrap().iter().map(|e| e.0).collect()
     }
 
@@ -448,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn acknowledged_before_commit_never_reaches_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store = RedbStore::open(dir.path()).unwrap();
         let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
         gc.put_message(1, msg());
         gc.add_entry(9, 1, rec(1));
@@ -477,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn one_batch_per_log_per_commit_and_out_of_order_finishes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store = RedbStore::open(dir.path()).unwrap();
         let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
         for seq in 1..=100 {
             gc.add_entry(3, seq, rec(seq));
@@ -509,7 +493,7 @@ mod tests {
     #[tokio::test]
     async fn journal_keeps_order_across_session_delete_and_recreate() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let store = RedbStore::open(dir.path()).unwrap();
         let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
         let session = |log| SessionRecord {
             client_id: "c".into(),

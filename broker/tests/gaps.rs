@@ -11,7 +11,8 @@ use bytes::Bytes;
 use common::*;
 use courier::config::Config;
 use courier::hooks::{AuthDecision, ClientInfo, Hooks};
-use courier::store::{LogStore, SledStore, Store};
+use courier::redb_store::RedbStore;
+use courier::store::Store;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 
@@ -148,10 +149,10 @@ async fn embedder_hooks_decide() {
 }
 
 /// Opens the store once the stopped broker's last task has let go of it.
-async fn open_when_released(data: &std::path::Path) -> SledStore {
+async fn open_when_released(data: &std::path::Path) -> std::sync::Arc<RedbStore> {
     tokio::time::timeout(WAIT, async {
         loop {
-            match SledStore::open(data) {
+            match RedbStore::open(data) {
                 Ok(s) => return s,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }

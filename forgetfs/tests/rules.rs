@@ -121,6 +121,7 @@ fn truncate_and_growth_roll_back_to_the_synced_size() {
     let p = m.path().join("f");
     let mut f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(&p)
         .unwrap();

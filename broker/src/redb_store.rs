@@ -1,0 +1,527 @@
+//! The embedded store, on redb: one file, copy-on-write B-trees, and a
+//! commit that is one fdatasync.
+//!
+//! Each commit of the broker is one redb write transaction with durability
+//! `Immediate`: the batch is applied atomically and redb fdatasyncs the file
+//! before `commit` returns, covering the data and the file's growth. redb
+//! never creates files after the first start, so the data directory is
+//! fsynced once, when the store is created ([`crate::data_dir`]).
+//!
+//! After an unclean stop redb repairs the file on open (it falls back to
+//! the last commit whose checksum is valid and rebuilds its free-space map).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::data_dir;
+use crate::message::Message;
+use crate::store::{
+    LogId, LogMarks, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
+};
+
+/// The data directory's format marker for this layout.
+const FORMAT: &str = "courier-store/redb/1";
+/// The database file inside the data directory.
+const DB_FILE: &str = "courier.redb";
+/// redb's page cache. Reads happen at start-up only; writes go to disk at
+/// every commit, so a small cache is enough.
+const CACHE_BYTES: usize = 32 << 20;
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// `(log, seq, kind)`: everything at or below a floor is one range.
+const LOGS: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("logs");
+/// `log -> (sent, floor)`.
+const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
+const CURSORS: TableDefinition<(u64, &str), u64> = TableDefinition::new("cursors");
+const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// `META` key: every id handed out before the last commit is below it.
+const IDS_BELOW: &str = "ids_below";
+
+/// What a `LOGS` key holds.
+const BATCH: u8 = 0;
+/// A replacement for one entry.
+const REWRITE: u8 = 1;
+/// One entry finished out of order.
+const REMOVED: u8 = 2;
+
+/// The embedded store.
+pub struct RedbStore {
+    db: Database,
+    /// The next id to hand out.
+    next_id: AtomicU64,
+    /// `IDS_BELOW` as last committed.
+    ids_committed: AtomicU64,
+    /// A commit failed: the file's state is unknown until a restart
+    /// repairs it, so nothing more is committed.
+    failed: AtomicBool,
+}
+
+fn io<E: Into<redb::Error>>(e: E) -> StoreError {
+    match e.into() {
+        redb::Error::Corrupted(s) => StoreError::Corrupt(s),
+        redb::Error::Io(e) => StoreError::Io(e.to_string()),
+        other => StoreError::Io(other.to_string()),
+    }
+}
+
+impl RedbStore {
+    /// Opens the store in `dir`, creating it (durably) on first start.
+    /// Refuses a directory that holds anything else, or a store of another
+    /// format, with [`StoreError::DataDir`].
+    pub fn open(dir: &Path) -> StoreResult<Arc<RedbStore>> {
+        let refuse = |problem: String| StoreError::DataDir {
+            path: dir.to_owned(),
+            problem,
+        };
+        data_dir::create(dir).map_err(|e| refuse(format!("cannot create it: {e}")))?;
+        let file = dir.join(DB_FILE);
+        let db = match data_dir::format(dir).map_err(|e| refuse(format!("cannot read it: {e}")))? {
+            Some(f) if f == FORMAT => {
+                if !file.exists() {
+                    return Err(refuse(format!(
+                        "its FORMAT marker says {FORMAT} but {DB_FILE} is missing; \
+                         restore it from a backup, or move the directory away to start empty"
+                    )));
+                }
+                Self::builder()
+                    .open(&file)
+                    .map_err(|e| refuse(format!("cannot open {DB_FILE}: {e}")))?
+            }
+            Some(f) => {
+                return Err(refuse(format!(
+                    "it holds a store of format {f:?}; this Courier reads {FORMAT:?}"
+                )))
+            }
+            None => Self::init(dir, &file).map_err(|e| match e {
+                StoreError::DataDir { .. } => e,
+                other => refuse(format!("cannot initialise a store: {other}")),
+            })?,
+        };
+        let below = {
+            let r = db.begin_read().map_err(io)?;
+            let meta = r.open_table(META).map_err(io)?;
+            let v = meta.get(IDS_BELOW).map_err(io)?.map(|g| g.value());
+            v.unwrap_or(1).max(1)
+        };
+        Ok(Arc::new(RedbStore {
+            db,
+            next_id: AtomicU64::new(below),
+            ids_committed: AtomicU64::new(below),
+            failed: AtomicBool::new(false),
+        }))
+    }
+
+    fn builder() -> redb::Builder {
+        let mut b = Database::builder();
+        b.set_cache_size(CACHE_BYTES);
+        b
+    }
+
+    /// First start: the database with its tables, then the directory entry,
+    /// then the marker. A directory without the marker has never been
+    /// served from (the broker listens only after this), so an interrupted
+    /// first start is started over.
+    fn init(dir: &Path, file: &Path) -> StoreResult<Database> {
+        let others = data_dir::foreign_entries(dir, &[DB_FILE])
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        if !others.is_empty() {
+            let sled = others.iter().any(|n| n == "conf") && others.iter().any(|n| n == "db");
+            let hint = if sled {
+                "; it looks like the sled store of an earlier Courier, which this version \
+                 cannot read: move it away to start empty"
+            } else {
+                "; a Courier data directory holds only Courier's files: choose an empty one"
+            };
+            return Err(StoreError::DataDir {
+                path: dir.to_owned(),
+                problem: format!("no FORMAT marker, and it holds {}{hint}", others.join(", ")),
+            });
+        }
+        if file.exists() {
+            tracing::warn!(path = %file.display(), "an interrupted first start left a store; starting it over");
+            std::fs::remove_file(file).map_err(|e| StoreError::Io(e.to_string()))?;
+        }
+        let db = Self::builder().create(file).map_err(io)?;
+        let tx = db.begin_write().map_err(io)?;
+        {
+            tx.open_table(SESSIONS).map_err(io)?;
+            tx.open_table(MESSAGES).map_err(io)?;
+            tx.open_table(LOGS).map_err(io)?;
+            tx.open_table(MARKS).map_err(io)?;
+            tx.open_table(CURSORS).map_err(io)?;
+            tx.open_table(RETAINED).map_err(io)?;
+            tx.open_table(META)
+                .map_err(io)?
+                .insert(IDS_BELOW, 1)
+                .map_err(io)?;
+        }
+        tx.commit().map_err(io)?;
+        data_dir::sync(dir).map_err(|e| StoreError::Io(e.to_string()))?;
+        data_dir::set_format(dir, FORMAT).map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(db)
+    }
+
+    fn read_tx(&self) -> StoreResult<redb::ReadTransaction> {
+        self.db.begin_read().map_err(io)
+    }
+
+    fn apply(&self, writes: &mut dyn Iterator<Item = Write>) -> StoreResult<()> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
+            let mut messages = tx.open_table(MESSAGES).map_err(io)?;
+            let mut logs = tx.open_table(LOGS).map_err(io)?;
+            let mut marks = tx.open_table(MARKS).map_err(io)?;
+            let mut cursors = tx.open_table(CURSORS).map_err(io)?;
+            let mut retained = tx.open_table(RETAINED).map_err(io)?;
+            for w in writes {
+                match w {
+                    Write::PutSession(rec) => {
+                        let v = postcard::to_stdvec(&rec)?;
+                        sessions
+                            .insert(rec.client_id.as_str(), v.as_slice())
+                            .map_err(io)?;
+                    }
+                    Write::DeleteSession { client_id, log } => {
+                        sessions.remove(client_id.as_str()).map_err(io)?;
+                        logs.retain_in((log, 0, BATCH)..=(log, u64::MAX, REMOVED), |_, _| false)
+                            .map_err(io)?;
+                        cursors
+                            .retain_in((log, "")..(log.saturating_add(1), ""), |_, _| false)
+                            .map_err(io)?;
+                        marks.remove(log).map_err(io)?;
+                    }
+                    Write::PutMessage(id, m) => {
+                        let v = postcard::to_stdvec(&*m)?;
+                        messages.insert(id, v.as_slice()).map_err(io)?;
+                    }
+                    Write::DeleteMessage(id) => {
+                        messages.remove(id).map_err(io)?;
+                    }
+                    Write::Append(log, entries) => {
+                        // Keyed by the highest sequence number: the batch is
+                        // freed only once the floor has passed all of it.
+                        if let Some(last) = entries.iter().map(|e| e.0).max() {
+                            let v = postcard::to_stdvec(&entries)?;
+                            logs.insert((log, last, BATCH), v.as_slice()).map_err(io)?;
+                        }
+                    }
+                    Write::RewriteEntry(log, seq, rec) => {
+                        let v = postcard::to_stdvec(&rec)?;
+                        logs.insert((log, seq, REWRITE), v.as_slice()).map_err(io)?;
+                    }
+                    Write::RemoveEntry(log, seq) => {
+                        logs.insert((log, seq, REMOVED), [].as_slice())
+                            .map_err(io)?;
+                    }
+                    Write::Marks { log, sent, floor } => {
+                        let old = match (sent, floor) {
+                            (Some(_), Some(_)) => (0, 0),
+                            _ => marks
+                                .get(log)
+                                .map_err(io)?
+                                .map(|g| g.value())
+                                .unwrap_or_default(),
+                        };
+                        let new = (sent.unwrap_or(old.0), floor.unwrap_or(old.1));
+                        marks.insert(log, new).map_err(io)?;
+                        if let Some(floor) = floor {
+                            logs.retain_in((log, 0, BATCH)..=(log, floor, REMOVED), |_, _| false)
+                                .map_err(io)?;
+                        }
+                    }
+                    Write::SetCursor { log, consumer, seq } => {
+                        cursors.insert((log, consumer.as_str()), seq).map_err(io)?;
+                    }
+                    Write::PutRetained(m) => {
+                        let v = postcard::to_stdvec(&*m)?;
+                        retained
+                            .insert(m.topic.as_str(), v.as_slice())
+                            .map_err(io)?;
+                    }
+                    Write::DeleteRetained(topic) => {
+                        retained.remove(topic.as_str()).map_err(io)?;
+                    }
+                }
+            }
+            // Every id used by a write above was handed out before it was
+            // journaled, so it is below the counter read now.
+            let below = self.next_id.load(Ordering::Acquire);
+            if below != self.ids_committed.load(Ordering::Relaxed) {
+                tx.open_table(META)
+                    .map_err(io)?
+                    .insert(IDS_BELOW, below)
+                    .map_err(io)?;
+                self.ids_committed.store(below, Ordering::Relaxed);
+            }
+        }
+        tx.commit().map_err(io)
+    }
+}
+
+impl Store for RedbStore {
+    fn commit(&self, writes: &mut dyn Iterator<Item = Write>) -> StoreResult<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Io(
+                "an earlier commit failed; restart the broker to recover the store".into(),
+            ));
+        }
+        let r = self.apply(writes);
+        if r.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::AcqRel)
+    }
+
+    fn load_sessions(&self) -> StoreResult<Vec<SessionRecord>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(SESSIONS).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t.iter().map_err(io)? {
+            let (_, v) = kv.map_err(io)?;
+            out.push(postcard::from_bytes(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn marks(&self, log: LogId) -> StoreResult<LogMarks> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(MARKS).map_err(io)?;
+        let (sent, floor) = t
+            .get(log)
+            .map_err(io)?
+            .map(|g| g.value())
+            .unwrap_or_default();
+        Ok(LogMarks { sent, floor })
+    }
+
+    fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>> {
+        let floor = self.marks(log)?.floor;
+        let tx = self.read_tx()?;
+        let t = tx.open_table(LOGS).map_err(io)?;
+        let mut live = std::collections::BTreeMap::new();
+        let mut rewrites = Vec::new();
+        let mut removed = Vec::new();
+        for kv in t
+            .range((log, 0, BATCH)..=(log, u64::MAX, REMOVED))
+            .map_err(io)?
+        {
+            let (k, v) = kv.map_err(io)?;
+            let (_, seq, kind) = k.value();
+            match kind {
+                BATCH => {
+                    let batch: Vec<(u64, QueueRecord)> = postcard::from_bytes(v.value())?;
+                    live.extend(batch.into_iter().filter(|(s, _)| *s > floor));
+                }
+                REWRITE => rewrites.push((seq, postcard::from_bytes::<QueueRecord>(v.value())?)),
+                REMOVED => removed.push(seq),
+                _ => return Err(StoreError::Corrupt(format!("log {log}: entry kind {kind}"))),
+            }
+        }
+        for (seq, rec) in rewrites {
+            if let Some(e) = live.get_mut(&seq) {
+                *e = rec;
+            }
+        }
+        for seq in removed {
+            live.remove(&seq);
+        }
+        Ok(live.into_iter().collect())
+    }
+
+    fn cursor(&self, log: LogId, consumer: &str) -> StoreResult<u64> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(CURSORS).map_err(io)?;
+        Ok(t.get((log, consumer))
+            .map_err(io)?
+            .map(|g| g.value())
+            .unwrap_or(0))
+    }
+
+    fn get_message(&self, id: u64) -> StoreResult<Option<Message>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(MESSAGES).map_err(io)?;
+        match t.get(id).map_err(io)? {
+            Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn message_ids(&self) -> StoreResult<Vec<u64>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(MESSAGES).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t.iter().map_err(io)? {
+            out.push(kv.map_err(io)?.0.value());
+        }
+        Ok(out)
+    }
+
+    fn load_retained(&self) -> StoreResult<Vec<Message>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(RETAINED).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t.iter().map_err(io)? {
+            let (_, v) = kv.map_err(io)?;
+            out.push(postcard::from_bytes(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(msg_id: u64) -> QueueRecord {
+        QueueRecord::new(msg_id, 1)
+    }
+
+    fn seqs(s: &RedbStore, log: LogId) -> Vec<u64> {
+        s.entries(log).unwrap().iter().map(|e| e.0).collect()
+    }
+
+    fn commit(s: &RedbStore, writes: Vec<Write>) {
+        s.commit(&mut writes.into_iter()).unwrap();
+    }
+
+    fn marks(log: LogId, sent: Option<u64>, floor: Option<u64>) -> Write {
+        Write::Marks { log, sent, floor }
+    }
+
+    #[test]
+    fn batches_floor_and_removals_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let s = RedbStore::open(&data).unwrap();
+            commit(
+                &s,
+                vec![
+                    Write::Append(7, vec![(1, rec(10)), (2, rec(20)), (3, rec(30))]),
+                    Write::Append(7, vec![(4, rec(40)), (6, rec(60))]),
+                    Write::Append(8, vec![(1, rec(99))]),
+                    // Out of order: 4 is finished while 1 is not.
+                    Write::RemoveEntry(7, 4),
+                    Write::RewriteEntry(
+                        7,
+                        6,
+                        QueueRecord {
+                            released: true,
+                            ..rec(60)
+                        },
+                    ),
+                    marks(7, Some(4), Some(2)),
+                    Write::SetCursor {
+                        log: 7,
+                        consumer: "phone".into(),
+                        seq: 1,
+                    },
+                ],
+            );
+        }
+        let s = RedbStore::open(&data).unwrap();
+        assert_eq!(seqs(&s, 7), vec![3, 6]);
+        let e = s.entries(7).unwrap();
+        assert_eq!(e[0].1.msg_id, 30);
+        assert!(e[1].1.released, "rewrite replaces the batched entry");
+        assert_eq!(s.cursor(7, "phone").unwrap(), 1);
+        assert_eq!(s.cursor(7, "tablet").unwrap(), 0);
+        assert_eq!(s.marks(7).unwrap(), LogMarks { sent: 4, floor: 2 });
+
+        // The floor passing a batch frees it, with removals and rewrites.
+        commit(&s, vec![marks(7, None, Some(6))]);
+        assert_eq!(s.marks(7).unwrap().sent, 4, "unchanged when not given");
+        assert!(seqs(&s, 7).is_empty());
+        commit(&s, vec![Write::Append(7, vec![(7, rec(70))])]);
+        assert_eq!(seqs(&s, 7), vec![7]);
+
+        commit(
+            &s,
+            vec![Write::DeleteSession {
+                client_id: "x".into(),
+                log: 7,
+            }],
+        );
+        assert!(seqs(&s, 7).is_empty());
+        assert_eq!(s.marks(7).unwrap(), LogMarks::default());
+        assert_eq!(s.cursor(7, "phone").unwrap(), 0);
+        assert_eq!(seqs(&s, 8), vec![1]);
+    }
+
+    #[test]
+    fn ids_are_nonzero_and_never_reused_after_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let used = {
+            let s = RedbStore::open(&data).unwrap();
+            let a = s.next_id();
+            let b = s.next_id();
+            assert!(a > 0 && b > a);
+            commit(&s, vec![]);
+            b
+        };
+        let s = RedbStore::open(&data).unwrap();
+        assert!(s.next_id() > used);
+    }
+
+    #[test]
+    fn a_foreign_or_newer_directory_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = dir.path().join("sled");
+        std::fs::create_dir(&sled).unwrap();
+        std::fs::write(sled.join("conf"), b"segment_size: 524288").unwrap();
+        std::fs::write(sled.join("db"), b"x").unwrap();
+        let e = RedbStore::open(&sled).err().expect("refused").to_string();
+        assert!(e.contains("sled store of an earlier Courier"), "{e}");
+        assert!(!sled.join(DB_FILE).exists(), "nothing created");
+
+        let newer = dir.path().join("newer");
+        std::fs::create_dir(&newer).unwrap();
+        std::fs::write(newer.join("FORMAT"), b"courier-store/redb/9\n").unwrap();
+        let e = RedbStore::open(&newer).err().expect("refused").to_string();
+        assert!(e.contains("courier-store/redb/9"), "{e}");
+
+        let gone = dir.path().join("gone");
+        drop(RedbStore::open(&gone).unwrap());
+        std::fs::remove_file(gone.join(DB_FILE)).unwrap();
+        let e = RedbStore::open(&gone).err().expect("refused").to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn an_interrupted_first_start_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // A half-written database file and no marker.
+        std::fs::write(data.join(DB_FILE), [0u8; 100]).unwrap();
+        let s = RedbStore::open(&data).unwrap();
+        assert!(s.load_sessions().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_to_string(data.join("FORMAT")).unwrap().trim(),
+            FORMAT
+        );
+    }
+
+    #[test]
+    fn a_second_broker_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RedbStore::open(dir.path()).unwrap();
+        let e = RedbStore::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("cannot open"), "{e}");
+    }
+}
