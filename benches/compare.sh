@@ -5,6 +5,8 @@
 #   benches/compare.sh                # 3 rounds, 10 s per flow scenario
 #   ROUNDS=5 DURATION=20 benches/compare.sh
 #   QUICK=1 benches/compare.sh        # tiny sizes, to check the script
+#   COURIER_BASE=/path/to/older/courier BROKERS="courier courier-base" benches/compare.sh
+#                                     # this build against an older one
 #
 # Installs Mosquitto (Debian package) and rumqttd (cargo install, into
 # benches/.tools) if missing. Raw results: benches/.results/*.jsonl
@@ -36,13 +38,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-port_of() { case $1 in courier) echo 21883;; courier-periodic) echo 21886;; mosquitto) echo 21884;; rumqttd) echo 21885;; esac; }
+port_of() { case $1 in courier) echo 21883;; courier-base) echo 21887;; courier-periodic) echo 21886;; mosquitto) echo 21884;; rumqttd) echo 21885;; esac; }
 
 start() {
   local name=$1 port; port=$(port_of "$1")
   case $name in
     courier)
       "$COURIER" --listen "127.0.0.1:$port" --data-dir "$work/courier" >"$work/$name.log" 2>&1 &;;
+    courier-base)
+      "$COURIER_BASE" --listen "127.0.0.1:$port" --data-dir "$work/base" >"$work/$name.log" 2>&1 &;;
     courier-periodic)
       printf 'durability = "periodic"\nflush_interval_ms = 100\n' >"$work/periodic.toml"
       "$COURIER" --config "$work/periodic.toml" --listen "127.0.0.1:$port" --data-dir "$work/periodic" >"$work/$name.log" 2>&1 &;;
@@ -104,4 +108,4 @@ done
 echo "raw results: $out" >&2
 python3 benches/summarize.py "$out"
 echo "== kill -9 with $((500)) acknowledged QoS 1 messages queued" >&2
-BROKERS="$(echo "$BROKERS" | sed 's/courier-periodic//')" benches/crash.sh | tee -a "$out"
+BROKERS="$(echo "$BROKERS" | sed 's/courier-periodic//; s/courier-base//')" benches/crash.sh | tee -a "$out"

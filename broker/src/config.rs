@@ -39,7 +39,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// When a PUBACK/PUBREC may be sent for a message that must survive.
     pub durability: Durability,
-    /// In `periodic` mode, how often the store is flushed (the loss window).
+    /// In `periodic` mode, how often the store commits with fdatasync (the
+    /// loss window, for a process crash and a power loss alike).
     pub flush_interval_ms: u64,
     /// In `fsync` mode, how long a commit that follows straight on another
     /// waits to gather more writes (microseconds; 0 = never waits). Only

@@ -266,3 +266,52 @@ async fn acknowledgements_in_any_order_hold_across_kill9() {
         .await;
     raw_ping(&mut r).await;
 }
+
+/// Runs `courier` on `data_dir` expecting it to refuse to start; returns
+/// what it printed on stderr.
+fn refused(data_dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run courier");
+    assert!(!out.status.success(), "courier must refuse {data_dir:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_data_directory_courier_cannot_read_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sled store of an earlier Courier.
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("conf"), b"segment_size: 524288\n").unwrap();
+    std::fs::write(old.join("db"), [0u8; 64]).unwrap();
+    let err = refused(&old);
+    assert!(err.contains("sled store of an earlier Courier"), "{err}");
+    let mut names: Vec<_> = std::fs::read_dir(&old)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["conf", "db"], "nothing created or removed");
+    // A format from the future.
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(newer.join("FORMAT"), b"courier-store/redb/99\n").unwrap();
+    assert!(refused(&newer).contains("courier-store/redb/99"));
+    // Not a directory at all.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(refused(&file).contains("data directory"));
+}
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = BrokerProcess::start(&data_dir(&dir));
+    let err = refused(&data_dir(&dir));
+    assert!(err.contains("cannot open"), "{err}");
+}

@@ -235,13 +235,23 @@ async fn answer(r: &mut Raw) -> Answer {
 
 #[tokio::test]
 async fn a_failed_fsync_fails_the_acknowledgements_that_waited_on_it() {
+    failed_sync_fails_acknowledgements(libc::EIO).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_acknowledgements_that_waited_on_it() {
+    failed_sync_fails_acknowledgements(libc::ENOSPC).await;
+}
+
+/// Every fsync fails with `errno` for a while.
+async fn failed_sync_fails_acknowledgements(errno: i32) {
     use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, PubAckReason};
     let disk = Disk::new();
     let broker = BrokerProcess::start(&disk.data());
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port));
     v4::subscribe_and_leave(&v4::opts("phone", broker.port), "chat/phone").await;
 
-    disk.mount.fail_syncs(Some(libc::EIO));
+    disk.mount.fail_syncs(Some(errno));
     // 5.0: a reason code (the connection ends with DISCONNECT 0x80), never
     // a successful PUBACK.
     let mut r5 = Raw::connected5(addr, connect5("sender5", true, None)).await;

@@ -83,8 +83,20 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            if s.umount_and_join().is_err() {
+                // Still busy (a test failed with a program inside): detach
+                // it, so no mount outlives the test.
+                detach(&self.path);
+            }
         }
+    }
+}
+
+fn detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: a valid NUL-terminated path; umount2 has no other inputs.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     }
 }
 

@@ -79,18 +79,30 @@ impl BrokerProcess {
         Self::listening(child)
     }
 
-    /// Waits for the child's "listening" line and takes its port.
+    /// Waits for the child's "listening" line and takes its port. A broker
+    /// that hangs or exits before listening fails the test (never hangs it).
     fn listening(mut child: Child) -> BrokerProcess {
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().expect("courier printed its address").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining stdout so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(3 * WAIT) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("courier did not start listening: {other:?}");
+            }
+        };
         let port = line
             .rsplit(':')
             .next()
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         BrokerProcess { child, port }
     }
 
