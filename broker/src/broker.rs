@@ -21,6 +21,7 @@ use crate::redb_store::RedbStore;
 use crate::router::{Matched, Router, SubOptions};
 use crate::session::{Delivery, Session, SessionLimits};
 use crate::store::{QueueRecord, SessionRecord, Store, StoreError, Write};
+use crate::timers::{self, TimerKey, Timers};
 use crate::topic::{self, TopicLimits};
 
 /// A failure starting or running the broker.
@@ -75,6 +76,7 @@ struct PendingWill {
     generation: u64,
     client: ClientInfo,
     msg: Message,
+    timer: TimerKey,
 }
 
 /// A newly attached session, as returned by [`Broker::attach`].
@@ -165,6 +167,9 @@ pub struct Broker {
     closing: AtomicBool,
     /// Keep-alive enforcement for all connections.
     pub(crate) watchdog: Watchdog,
+    /// Session expiry and will delay for all sessions (on the watchdog's
+    /// clock).
+    timers: Timers,
     pub(crate) connections: AtomicUsize,
 }
 
@@ -208,6 +213,7 @@ impl Broker {
             shutdown,
             closing: AtomicBool::new(false),
             watchdog: Watchdog::default(),
+            timers: Timers::default(),
             connections: AtomicUsize::new(0),
         });
         broker.restore()?;
@@ -219,6 +225,7 @@ impl Broker {
                 tick.tick().await;
                 let Some(b) = b.upgrade() else { return };
                 b.watchdog.tick();
+                b.fire_timers(b.watchdog.now_ms());
             }
         });
         if broker.config.durability == Durability::Periodic {
@@ -270,6 +277,7 @@ impl Broker {
         for rec in records {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
+            s.recorded = true;
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
             let marks = self.store.marks(rec.log)?;
             let sent = marks.sent;
@@ -367,6 +375,12 @@ impl Broker {
     /// acknowledged before its commit.
     pub fn write_counts(&self) -> (u64, u64) {
         self.commit.write_counts()
+    }
+
+    /// Session expiries and delayed wills pending (at most one of each per
+    /// session).
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
     }
 
     /// Number of sessions (online and offline).
@@ -492,20 +506,27 @@ impl Broker {
             }
         };
         drop(registry);
-        // Reconnecting cancels a pending (delayed) will.
-        handle.will.lock().take();
+        // Reconnecting cancels a pending (delayed) will and the expiry.
+        if let Some(w) = handle.will.lock().take() {
+            self.timers.cancel(w.timer);
+        }
         let generation = {
             let mut s = handle.state.lock();
+            if let Some(k) = s.expiry_timer.take() {
+                self.timers.cancel(k);
+            }
             s.online = true;
             s.generation += 1;
             let was_persistent = s.persistent();
             s.expiry_secs = expiry_secs;
             if s.persistent() {
                 self.save_session(&s, None);
+                s.recorded = true;
             } else if was_persistent {
                 // Resumed with expiry 0: it ends with this connection, and
                 // its queue leaves the disk now.
                 self.commit.delete_session(&s.client_id, s.log);
+                s.recorded = false;
                 for id in s.unstore() {
                     self.unref(id);
                 }
@@ -554,21 +575,63 @@ impl Broker {
         if expiry == u32::MAX {
             return;
         }
-        let wait = (expiry as u64).saturating_sub(elapsed);
-        let me = Arc::downgrade(self);
-        let h = handle.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(wait)).await;
-            let Some(b) = me.upgrade() else { return };
-            let stale = {
-                let s = h.state.lock();
-                s.online || s.generation != generation
+        let wait_ms = (expiry as u64).saturating_sub(elapsed).saturating_mul(1000);
+        let deadline = self.watchdog.now_ms().saturating_add(wait_ms);
+        let mut s = handle.state.lock();
+        let old = s.expiry_timer.take();
+        s.expiry_timer = Some(self.timers.schedule(
+            deadline,
+            timers::Kind::Expiry,
+            Arc::downgrade(handle),
+            generation,
+            old,
+        ));
+    }
+
+    /// Runs the session expiries and delayed wills due at `now_ms` (the
+    /// watchdog's clock), in deadline order.
+    pub(crate) fn fire_timers(self: &Arc<Self>, now_ms: u64) {
+        for due in self.timers.due(now_ms) {
+            let Some(h) = due.session.upgrade() else {
+                continue;
             };
-            if !stale {
-                tracing::debug!(client_id = %h.client_id, "session expired");
-                b.destroy(&h, true);
+            match due.kind {
+                timers::Kind::Expiry => {
+                    let expired = {
+                        let mut s = h.state.lock();
+                        let live = !s.online && !s.ended && s.generation == due.generation;
+                        if live {
+                            s.expiry_timer = None;
+                        }
+                        live
+                    };
+                    // Only the session the registry holds: an older one of
+                    // the same client ended when it was replaced.
+                    let current = self
+                        .sessions
+                        .lock()
+                        .get(&h.client_id)
+                        .is_some_and(|r| Arc::ptr_eq(r, &h));
+                    if expired && current {
+                        tracing::debug!(client_id = %h.client_id, "session expired");
+                        Metrics::inc(&self.metrics.sessions_expired);
+                        self.destroy(&h, true);
+                    }
+                }
+                timers::Kind::Will => {
+                    let w = {
+                        let mut slot = h.will.lock();
+                        match slot.as_ref() {
+                            Some(w) if w.generation == due.generation => slot.take(),
+                            _ => None,
+                        }
+                    };
+                    if let Some(w) = w {
+                        self.publish_will(&w.client, w.msg);
+                    }
+                }
             }
-        });
+        }
     }
 
     /// Ends a session: unsubscribes it, releases its queued messages,
@@ -583,10 +646,20 @@ impl Broker {
                 reg.remove(&handle.client_id);
             }
         }
-        let (subs, deliveries, log, persistent) = {
+        let (subs, deliveries, log, recorded) = {
             let mut s = handle.state.lock();
+            if s.ended {
+                return;
+            }
+            s.ended = true;
+            if let Some(k) = s.expiry_timer.take() {
+                self.timers.cancel(k);
+            }
             let subs: Vec<String> = s.subscriptions.drain().map(|(k, _)| k).collect();
-            (subs, s.drain(), s.log, s.persistent())
+            // Not `persistent()`: a DISCONNECT may have set the expiry to 0
+            // after the record was written.
+            let recorded = std::mem::take(&mut s.recorded);
+            (subs, s.drain(), s.log, recorded)
         };
         {
             let mut router = self.router.write();
@@ -596,16 +669,23 @@ impl Broker {
                 }
             }
         }
-        for d in &deliveries {
+        // Only deliveries still on disk hold a reference: a session resumed
+        // with expiry 0 released the others when its log left the disk.
+        let mut stored = false;
+        for d in deliveries.iter().filter(|d| d.stored) {
+            stored = true;
             self.unref(d.msg_id);
         }
         // The log is dropped whole, so entries need no separate removal.
-        if persistent || !deliveries.is_empty() {
+        if recorded || stored {
             self.commit.delete_session(&handle.client_id, log);
         }
         let will = handle.will.lock().take();
-        if let (true, Some(w)) = (send_will, will) {
-            self.publish_will(&w.client, w.msg);
+        if let Some(w) = will {
+            self.timers.cancel(w.timer);
+            if send_will {
+                self.publish_will(&w.client, w.msg);
+            }
         }
     }
 
@@ -623,27 +703,22 @@ impl Broker {
             self.publish_will(&client, msg);
             return;
         }
-        *handle.will.lock() = Some(Box::new(PendingWill {
+        let deadline = self.watchdog.now_ms().saturating_add(delay as u64 * 1000);
+        let mut slot = handle.will.lock();
+        let old = slot.take().map(|w| w.timer);
+        let timer = self.timers.schedule(
+            deadline,
+            timers::Kind::Will,
+            Arc::downgrade(handle),
+            generation,
+            old,
+        );
+        *slot = Some(Box::new(PendingWill {
             generation,
             client,
             msg,
+            timer,
         }));
-        let me = Arc::downgrade(self);
-        let h = handle.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(delay as u64)).await;
-            let Some(b) = me.upgrade() else { return };
-            let w = {
-                let mut slot = h.will.lock();
-                match slot.as_ref() {
-                    Some(w) if w.generation == generation => slot.take(),
-                    _ => None,
-                }
-            };
-            if let Some(w) = w {
-                b.publish_will(&w.client, w.msg);
-            }
-        });
     }
 
     fn publish_will(self: &Arc<Self>, client: &ClientInfo, msg: Message) {

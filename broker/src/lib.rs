@@ -28,6 +28,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+mod timers;
 pub mod topic;
 
 pub use broker::Broker;

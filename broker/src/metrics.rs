@@ -44,6 +44,8 @@ counters! {
     protocol_errors,
     /// Connections closed for keep-alive timeout.
     keepalive_timeouts,
+    /// Detached sessions ended by their session expiry.
+    sessions_expired,
     /// Store errors.
     store_errors,
     /// Failed accepts (usually the open-file limit reached).

@@ -189,7 +189,15 @@ impl RedbStore {
                             .map_err(io)?;
                     }
                     Write::DeleteSession { client_id, log } => {
-                        sessions.remove(client_id.as_str()).map_err(io)?;
+                        // Only the record of that session: a newer session of
+                        // the same client (another log) keeps its record.
+                        let current = match sessions.get(client_id.as_str()).map_err(io)? {
+                            Some(v) => Some(postcard::from_bytes::<SessionRecord>(v.value())?.log),
+                            None => None,
+                        };
+                        if current == Some(log) {
+                            sessions.remove(client_id.as_str()).map_err(io)?;
+                        }
                         logs.retain_in((log, 0, BATCH)..=(log, u64::MAX, REMOVED), |_, _| false)
                             .map_err(io)?;
                         cursors
@@ -457,6 +465,36 @@ mod tests {
         assert_eq!(s.marks(7).unwrap(), LogMarks::default());
         assert_eq!(s.cursor(7, "phone").unwrap(), 0);
         assert_eq!(seqs(&s, 8), vec![1]);
+    }
+
+    #[test]
+    fn deleting_an_old_session_leaves_a_newer_record_of_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let rec = |log| SessionRecord {
+            client_id: "phone".into(),
+            log,
+            expiry_secs: 3600,
+            disconnected_at: None,
+            subscriptions: vec![],
+        };
+        commit(&s, vec![Write::PutSession(rec(2))]);
+        commit(
+            &s,
+            vec![Write::DeleteSession {
+                client_id: "phone".into(),
+                log: 1,
+            }],
+        );
+        assert_eq!(s.load_sessions().unwrap(), vec![rec(2)]);
+        commit(
+            &s,
+            vec![Write::DeleteSession {
+                client_id: "phone".into(),
+                log: 2,
+            }],
+        );
+        assert!(s.load_sessions().unwrap().is_empty());
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub struct Session {
     pub online: bool,
     /// Incremented at each attach; lets timers know if they are stale.
     pub generation: u64,
+    /// A session record (and queue log) may be on disk: it must be deleted
+    /// when the session ends, whatever its expiry is by then.
+    pub recorded: bool,
+    /// The session has ended; a late timer or a second end does nothing.
+    pub ended: bool,
+    /// Its pending expiry timer while detached.
+    pub(crate) expiry_timer: Option<(u64, u64)>,
     queue: VecDeque<Delivery>,
     queued_bytes: u64,
     // Keyed by packet id (a u16 the broker chose, or bounded by the receive
@@ -128,6 +135,9 @@ impl Session {
             subscriptions: HashMap::new(),
             online: false,
             generation: 0,
+            recorded: false,
+            ended: false,
+            expiry_timer: None,
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: FxHashMap::default(),
