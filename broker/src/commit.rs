@@ -84,6 +84,37 @@ impl Journal {
     }
 }
 
+/// Journaled writes that start a commit without a waiter.
+const MAX_JOURNAL: usize = 1 << 16;
+
+/// The locked journal; on release, starts a commit if it has grown large.
+struct Journaling<'a> {
+    gc: &'a GroupCommit,
+    j: parking_lot::MutexGuard<'a, Journal>,
+}
+
+impl std::ops::Deref for Journaling<'_> {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.j
+    }
+}
+
+impl std::ops::DerefMut for Journaling<'_> {
+    fn deref_mut(&mut self) -> &mut Journal {
+        &mut self.j
+    }
+}
+
+impl Drop for Journaling<'_> {
+    fn drop(&mut self) {
+        if self.j.ops.len() == MAX_JOURNAL {
+            self.gc.requested.fetch_add(1, Ordering::AcqRel);
+            self.gc.kick();
+        }
+    }
+}
+
 /// Coordinates store writes and durable acknowledgements.
 pub struct GroupCommit {
     journal: Mutex<Journal>,
@@ -227,14 +258,24 @@ impl GroupCommit {
             .send_replace((u64::MAX, Some(SyncFailed("the store is closed".into()))));
     }
 
+    /// The journal, for adding writes. A journal that grows past
+    /// [`MAX_JOURNAL`] writes starts a commit by itself, so it stays bounded
+    /// when nobody waits for durability (`periodic` mode).
+    fn journal(&self) -> Journaling<'_> {
+        Journaling {
+            gc: self,
+            j: self.journal.lock(),
+        }
+    }
+
     /// Journals a session record.
     pub fn put_session(&self, rec: SessionRecord) {
-        self.journal.lock().push(Write::PutSession(rec));
+        self.journal().push(Write::PutSession(rec));
     }
 
     /// Journals the deletion of a session and its whole queue log.
     pub fn delete_session(&self, client_id: &str, log: LogId) {
-        self.journal.lock().push(Write::DeleteSession {
+        self.journal().push(Write::DeleteSession {
             client_id: client_id.to_owned(),
             log,
         });
@@ -242,14 +283,14 @@ impl GroupCommit {
 
     /// Journals a message body (written once, however many queues hold it).
     pub fn put_message(&self, id: u64, msg: Arc<Message>) {
-        let mut j = self.journal.lock();
+        let mut j = self.journal();
         let i = j.push(Write::PutMessage(id, msg));
         j.messages.insert(id, i);
     }
 
     /// Journals the deletion of a message body; cancels it if still pending.
     pub fn delete_message(&self, id: u64) {
-        let mut j = self.journal.lock();
+        let mut j = self.journal();
         match j.messages.remove(&id) {
             Some(i) => j.ops[i] = None,
             None => {
@@ -261,7 +302,7 @@ impl GroupCommit {
     /// Journals a new queue entry; `seq` is above every earlier entry of
     /// `log`.
     pub fn add_entry(&self, log: LogId, seq: u64, rec: QueueRecord) {
-        let mut j = self.journal.lock();
+        let mut j = self.journal();
         if let Some(&i) = j.appends.get(&log) {
             if let Some(Write::Append(_, entries)) = &mut j.ops[i] {
                 // Callers hold the session lock while numbering and journaling.
@@ -276,7 +317,7 @@ impl GroupCommit {
 
     /// Journals a change to a queue entry (QoS 2 state).
     pub fn rewrite_entry(&self, log: LogId, seq: u64, rec: QueueRecord) {
-        let mut j = self.journal.lock();
+        let mut j = self.journal();
         if let Some((entries, k)) = j.fresh_entry(log, seq) {
             entries[k].1 = rec;
             return;
@@ -293,7 +334,7 @@ impl GroupCommit {
     /// at or below `floor` is. An entry not yet applied is cancelled; one
     /// already on disk costs nothing more when the floor covers it.
     pub fn finish_entry(&self, log: LogId, seq: u64, floor: u64) {
-        let mut j = self.journal.lock();
+        let mut j = self.journal();
         j.mark(log, None, Some(floor).filter(|&f| f > 0));
         if let Some((entries, k)) = j.fresh_entry(log, seq) {
             entries.remove(k);
@@ -311,12 +352,12 @@ impl GroupCommit {
     /// Journals that `log` has been sent up to `seq`; one write per log per
     /// commit however many deliveries move it.
     pub fn set_sent(&self, log: LogId, seq: u64) {
-        self.journal.lock().mark(log, Some(seq), None);
+        self.journal().mark(log, Some(seq), None);
     }
 
     /// Journals a retained message.
     pub fn put_retained(&self, msg: Arc<Message>) {
-        self.journal.lock().push(Write::PutRetained(msg));
+        self.journal().push(Write::PutRetained(msg));
     }
 
     /// Journals clearing a retained message.
@@ -416,6 +457,51 @@ mod tests {
         }
         // Coalescing: far fewer syncs than waiters.
         assert!(gc.syncs() < 200, "syncs = {}", gc.syncs());
+    }
+
+    #[tokio::test]
+    async fn a_large_journal_commits_without_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = RedbStore::open(dir.path()).unwrap();
+        let gc = GroupCommit::start(store, Default::default()).unwrap();
+        for i in 0..MAX_JOURNAL as u64 {
+            gc.set_sent(i, 1);
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while gc.syncs() == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("a commit started by the journal's size");
+        assert!(gc.journal.lock().ops.len() < MAX_JOURNAL);
+    }
+
+    #[tokio::test]
+    async fn every_waiter_gets_an_answer_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = RedbStore::open(dir.path()).unwrap();
+        let gc = GroupCommit::start(store, Default::default()).unwrap();
+        gc.put_retained(msg());
+        gc.durable().await.unwrap();
+        gc.close();
+        // Whether or not the last commit covers it, a waiter is answered.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), gc.durable())
+            .await
+            .expect("answered");
+        let _ = first;
+        // Once the flusher has ended, at once and with an error.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !gc.stopped.load(Ordering::Acquire) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("flusher ends after close");
+        let late = tokio::time::timeout(std::time::Duration::from_secs(1), gc.durable())
+            .await
+            .expect("answered at once");
+        assert!(late.is_err());
     }
 
     fn seqs(store: &RedbStore, log: LogId) -> Vec<u64> {
