@@ -143,6 +143,10 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Topic aliases a 5.0 client may use towards the broker.
     pub topic_alias_max: u16,
+    /// Topic aliases the broker uses towards a 5.0 client at most (fewer
+    /// if the client allows fewer); past that the least recently used one
+    /// is reassigned. Bounds each connection's alias table.
+    pub topic_alias_out_max: u16,
     /// Subscriptions per session.
     pub max_subscriptions: usize,
     /// Unsent messages an online subscriber may have waiting before
@@ -166,6 +170,7 @@ impl Default for Limits {
             max_keep_alive_secs: 0,
             connect_timeout_secs: 10,
             topic_alias_max: 64,
+            topic_alias_out_max: 64,
             max_subscriptions: 1000,
             throttle_backlog: 64,
         }

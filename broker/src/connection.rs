@@ -335,7 +335,49 @@ async fn read_connect<T: Transport>(
 #[derive(Default)]
 struct Aliases {
     incoming: HashMap<u16, String>,
-    outgoing: HashMap<String, u16>,
+    outgoing: OutAliases,
+}
+
+/// Aliases the broker assigns to topics it sends, at most a configured
+/// number: when all are taken, the least recently used one is given to the
+/// new topic (the PUBLISH then carries both, which rebinds it at the client).
+#[derive(Default)]
+struct OutAliases {
+    /// Topic -> (alias, last use).
+    by_topic: HashMap<String, (u16, u64)>,
+    /// Last use -> alias, oldest first.
+    lru: std::collections::BTreeMap<u64, u16>,
+    /// Topic of each alias (alias n at n - 1).
+    topics: Vec<String>,
+    clock: u64,
+}
+
+impl OutAliases {
+    /// The alias for `topic`, and whether the client already knows it.
+    fn alias(&mut self, topic: &str, max: u16) -> (u16, bool) {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some((a, used)) = self.by_topic.get_mut(topic) {
+            self.lru.remove(used);
+            *used = now;
+            self.lru.insert(now, *a);
+            return (*a, true);
+        }
+        let a = if self.topics.len() < max as usize {
+            self.topics.push(topic.to_owned());
+            self.topics.len() as u16
+        } else {
+            let Some((_, a)) = self.lru.pop_first() else {
+                return (0, false);
+            };
+            let old = std::mem::replace(&mut self.topics[a as usize - 1], topic.to_owned());
+            self.by_topic.remove(&old);
+            a
+        };
+        self.by_topic.insert(topic.to_owned(), (a, now));
+        self.lru.insert(now, a);
+        (a, false)
+    }
 }
 
 /// Per-connection protocol state (what does not survive the connection).
@@ -545,7 +587,10 @@ impl<T: Transport> Conn<T> {
             aliases: None,
             problem_info: v5(version) && props.request_problem_info != Some(0),
             alias_out_max: if v5(version) {
-                props.topic_alias_max.unwrap_or(0)
+                props
+                    .topic_alias_max
+                    .unwrap_or(0)
+                    .min(broker.config.limits.topic_alias_out_max)
             } else {
                 0
             },
@@ -885,20 +930,11 @@ impl<T: Transport> Conn<T> {
         if self.alias_out_max > 0 {
             let max = self.alias_out_max;
             let out = &mut self.aliases.get_or_insert_with(Default::default).outgoing;
-            let known = out.get(&m.topic).copied();
-            let alias = match known {
-                Some(a) => {
+            let (a, known) = out.alias(&m.topic, max);
+            if a > 0 {
+                if known {
                     p.topic = Bytes::new();
-                    Some(a)
                 }
-                None if (out.len() as u16) < max => {
-                    let a = out.len() as u16 + 1;
-                    out.insert(m.topic.clone(), a);
-                    Some(a)
-                }
-                None => None,
-            };
-            if let Some(a) = alias {
                 p.properties
                     .get_or_insert_with(PublishProperties::default)
                     .topic_alias = Some(a);

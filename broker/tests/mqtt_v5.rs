@@ -295,6 +295,62 @@ async fn topic_aliases_both_ways() {
 }
 
 #[tokio::test]
+async fn outgoing_aliases_are_bounded_and_reassigned_least_recently_used() {
+    // The client would take 10 aliases; the broker uses at most 2.
+    let b = TestBroker::with(|c| c.limits.topic_alias_out_max = 2).await;
+    let mut s = Raw::connect(b.addr(), true).await;
+    let mut p = props5();
+    p.topic_alias_max = Some(10);
+    s.send(connect5("lru-sub", true, Some(p))).await;
+    assert!(matches!(
+        s.next().await,
+        RawEvent::Packet(Packet::ConnAck(_))
+    ));
+    s.subscribe5("t/#", QoS::AtMostOnce).await;
+    let mut pb = Raw::connected5(b.addr(), connect5("lru-pub", true, None)).await;
+    let topics = ["t/a", "t/b", "t/a", "t/c", "t/b", "t/c", "t/a"];
+    for t in topics {
+        pb.send(Packet::Publish(Publish::new(t, QoS::AtMostOnce, t, None)))
+            .await;
+    }
+    // The client's side of the protocol: an alias with a topic binds it,
+    // an alias alone is looked up.
+    let mut table = std::collections::HashMap::new();
+    let mut sent = Vec::new();
+    for want in topics {
+        let p = match s.next().await {
+            RawEvent::Packet(Packet::Publish(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let a = p.properties.as_ref().and_then(|x| x.topic_alias).unwrap();
+        assert!((1..=2).contains(&a), "alias {a} within the broker's bound");
+        let topic = if p.topic.is_empty() {
+            table.get(&a).cloned().expect("a bound alias")
+        } else {
+            table.insert(a, p.topic.clone());
+            p.topic.clone()
+        };
+        assert_eq!(topic, Bytes::from(want));
+        assert_eq!(p.payload, Bytes::from(want));
+        sent.push((a, !p.topic.is_empty()));
+    }
+    // a=1, b=2, a known, c replaces b (least recently used), b replaces
+    // a, c known, a replaces c.
+    assert_eq!(
+        sent,
+        [
+            (1, true),
+            (2, true),
+            (1, false),
+            (2, true),
+            (1, true),
+            (2, false),
+            (1, true)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn client_maximum_packet_size_is_respected() {
     let b = TestBroker::start().await;
     let mut o = opts("small", b.port());
