@@ -829,6 +829,26 @@ impl<T: Transport> Conn<T> {
         // often gone, and a close handshake must not delay the takeover.
         let _ = reply.send(());
         self.t.close().await;
+        self.drain_input().await;
+    }
+
+    /// After a DISCONNECT and the write side's shutdown: reads and discards
+    /// what the client still sends, for a short, bounded time, so that
+    /// closing with unread input (which makes the kernel send a reset, and
+    /// drop anything not yet sent, the DISCONNECT included) is less likely
+    /// to destroy the reason code.
+    async fn drain_input(&mut self) {
+        const MAX_BYTES: usize = 4 << 20;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let mut drained = 0;
+        while drained < MAX_BYTES {
+            self.inbuf.clear();
+            match tokio::time::timeout_at(deadline, self.t.read_into(&mut self.inbuf)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        self.inbuf = BytesMut::new();
     }
 
     /// Moves deliveries from the session into the output buffer. Returns
@@ -1386,10 +1406,14 @@ impl<T: Transport> Conn<T> {
         self.broker.watchdog.unwatch(self.watch_id);
         self.broker.detach(&self.session, self.generation);
         tracing::debug!(client_id = %self.client.client_id, reason = ?close.reason, graceful = close.graceful, "disconnected");
+        let drain = close.notify && v5(self.version);
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
             graceful: close.graceful,
         });
+        if drain {
+            self.drain_input().await;
+        }
     }
 }
 

@@ -295,6 +295,57 @@ async fn topic_aliases_both_ways() {
 }
 
 #[tokio::test]
+async fn a_client_that_keeps_publishing_past_receive_maximum_reads_the_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::with(|c| c.limits.max_inflight = 5).await;
+    let mut sock = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    connect5("firehose", true, None)
+        .write(&mut out, None)
+        .unwrap();
+    sock.write_all(&out).await.unwrap();
+    // A client that keeps publishing, and reads only once its writes fail.
+    let mut got = bytes::BytesMut::new();
+    let mut pkid = 0u16;
+    let mut tmp = [0u8; 4096];
+    for _ in 0..2_000 {
+        let mut chunk = bytes::BytesMut::new();
+        for _ in 0..20 {
+            pkid = pkid % 60_000 + 1;
+            let mut p = Publish::new("t", QoS::AtLeastOnce, vec![0u8; 100], None);
+            p.pkid = pkid;
+            Packet::Publish(p).write(&mut chunk, None).unwrap();
+        }
+        if sock.write_all(&chunk).await.is_err() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let read = tokio::time::timeout(WAIT, async {
+        loop {
+            match sock.read(&mut tmp).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("closed within the deadline");
+    let mut reason = None;
+    while let Ok(p) = Packet::read(&mut got, None) {
+        if let Packet::Disconnect(d) = p {
+            reason = Some(d.reason_code);
+        }
+    }
+    assert_eq!(
+        reason,
+        Some(DisconnectReasonCode::ReceiveMaximumExceeded),
+        "the DISCONNECT reached the client (its read ended with {read:?})"
+    );
+}
+
+#[tokio::test]
 async fn outgoing_aliases_are_bounded_and_reassigned_least_recently_used() {
     // The client would take 10 aliases; the broker uses at most 2.
     let b = TestBroker::with(|c| c.limits.topic_alias_out_max = 2).await;
