@@ -47,6 +47,7 @@ fn router_bench(c: &mut Criterion) {
         no_local: false,
         retain_as_published: false,
         id: None,
+        filtered: false,
     };
     for n in [1_000usize, 100_000] {
         let mut r: Router<u32> = Router::default();

@@ -1,7 +1,7 @@
 //! Topic authorization from ordered allow/deny rules.
 
 use crate::config::{AclAction, AclConfig, AclRule, Permission};
-use crate::hooks::ClientInfo;
+use crate::hooks::{ClientInfo, SubscribeDecision};
 use crate::topic;
 
 /// The action being authorized.
@@ -9,8 +9,9 @@ use crate::topic;
 pub enum Action {
     /// PUBLISH to a topic name.
     Publish,
-    /// SUBSCRIBE to a topic filter.
-    Subscribe,
+    /// Receive a message on a topic name (through a subscription). Decided
+    /// by the rules for subscribing.
+    Read,
 }
 
 /// Compiled ACL: the first matching rule decides.
@@ -50,38 +51,74 @@ impl Acl {
         }
     }
 
-    /// Decides `action` on `topic` (a name for publish, a filter for
-    /// subscribe; shared-subscription prefixes are stripped by the caller).
-    pub fn check(&self, action: Action, client: &ClientInfo, topic: &str) -> bool {
-        for rule in &self.rules {
+    /// The rules that apply to `action` for `client`, with their patterns
+    /// expanded.
+    fn rules_for<'a>(
+        &'a self,
+        action: Action,
+        client: &'a ClientInfo,
+    ) -> impl Iterator<Item = (Permission, String)> + 'a {
+        self.rules.iter().filter_map(move |rule| {
             let applies = matches!(
                 (rule.action, action),
                 (AclAction::All, _)
                     | (AclAction::Publish, Action::Publish)
-                    | (AclAction::Subscribe, Action::Subscribe)
+                    | (AclAction::Subscribe, Action::Read)
             );
             if !applies {
-                continue;
+                return None;
             }
             if let Some(u) = &rule.username {
                 if client.username.as_deref() != Some(u.as_str()) {
-                    continue;
+                    return None;
                 }
             }
-            let Some(pattern) = expand(&rule.topic, client) else {
-                continue;
-            };
-            let hit = match (action, rule.permission) {
-                (Action::Publish, _) => topic::matches(&pattern, topic),
-                // Allow only what the rule fully covers; deny anything it touches.
-                (Action::Subscribe, Permission::Allow) => topic::covers(&pattern, topic),
-                (Action::Subscribe, Permission::Deny) => topic::intersects(&pattern, topic),
-            };
-            if hit {
-                return rule.permission == Permission::Allow;
+            Some((rule.permission, expand(&rule.topic, client)?))
+        })
+    }
+
+    /// Decides publishing to, or reading from, the topic name `topic`: the
+    /// first rule whose pattern matches it decides, else the default.
+    pub fn check(&self, action: Action, client: &ClientInfo, topic: &str) -> bool {
+        for (permission, pattern) in self.rules_for(action, client) {
+            if topic::matches(&pattern, topic) {
+                return permission == Permission::Allow;
             }
         }
         self.default == Permission::Allow
+    }
+
+    /// Decides a subscription to `filter` (shared-subscription prefix
+    /// stripped by the caller). Refused only if no topic it matches could
+    /// be read; granted outright if every one can; otherwise granted with
+    /// each delivery checked ([`SubscribeDecision::Filter`]), so one narrow
+    /// deny rule does not break every broad subscriber.
+    pub fn subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
+        let (mut allow, mut deny) = (false, false);
+        let mut mark = |p: Permission| match p {
+            Permission::Allow => allow = true,
+            Permission::Deny => deny = true,
+        };
+        let mut covered = false;
+        for (permission, pattern) in self.rules_for(Action::Read, client) {
+            if topic::covers(&pattern, filter) {
+                // Decides every topic the earlier rules left.
+                mark(permission);
+                covered = true;
+                break;
+            }
+            if topic::intersects(&pattern, filter) {
+                mark(permission);
+            }
+        }
+        if !covered {
+            mark(self.default);
+        }
+        match (allow, deny) {
+            (false, _) => SubscribeDecision::Deny,
+            (true, false) => SubscribeDecision::Allow,
+            (true, true) => SubscribeDecision::Filter,
+        }
     }
 }
 
@@ -118,15 +155,42 @@ mod tests {
             action = "publish"
             topic = "devices/%c/status"
         "#);
+        use SubscribeDecision::*;
         let alice = client(Some("alice"));
         assert!(a.check(Action::Publish, &alice, "users/alice/inbox"));
         assert!(!a.check(Action::Publish, &alice, "users/bob/inbox"));
-        assert!(a.check(Action::Subscribe, &alice, "users/alice/+"));
-        assert!(!a.check(Action::Subscribe, &alice, "users/+/inbox"));
-        assert!(!a.check(Action::Subscribe, &alice, "#"));
+        assert_eq!(a.subscribe(&alice, "users/alice/+"), Allow);
+        // Partly readable: granted, and each delivery is checked.
+        assert_eq!(a.subscribe(&alice, "users/+/inbox"), Filter);
+        assert_eq!(a.subscribe(&alice, "#"), Filter);
+        assert!(a.check(Action::Read, &alice, "users/alice/inbox"));
+        assert!(!a.check(Action::Read, &alice, "users/bob/inbox"));
+        assert!(!a.check(Action::Read, &alice, "admin/x"));
+        // Wholly inside denied space: refused.
+        assert_eq!(a.subscribe(&alice, "admin/#"), Deny);
+        assert_eq!(a.subscribe(&alice, "users/bob/#"), Deny);
         assert!(a.check(Action::Publish, &alice, "devices/phone1/status"));
         assert!(!a.check(Action::Publish, &client(None), "users/alice/x"));
         // A username with a wildcard does not widen the rule.
-        assert!(!a.check(Action::Subscribe, &client(Some("#")), "users/#"));
+        assert_eq!(a.subscribe(&client(Some("#")), "users/#"), Deny);
+    }
+
+    #[test]
+    fn one_narrow_deny_leaves_broad_subscribers_working() {
+        use SubscribeDecision::*;
+        let a = acl(r#"
+            default = "allow"
+            [[rules]]
+            permission = "deny"
+            action = "subscribe"
+            topic = "a/b"
+        "#);
+        let c = client(None);
+        assert_eq!(a.subscribe(&c, "+/+"), Filter);
+        assert_eq!(a.subscribe(&c, "#"), Filter);
+        assert_eq!(a.subscribe(&c, "a/c"), Allow);
+        assert_eq!(a.subscribe(&c, "a/b"), Deny);
+        assert!(!a.check(Action::Read, &c, "a/b"));
+        assert!(a.check(Action::Read, &c, "a/c"));
     }
 }

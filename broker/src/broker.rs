@@ -278,6 +278,7 @@ impl Broker {
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.recorded = true;
+            s.username = rec.username.as_deref().map(Arc::from);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
             let marks = self.store.marks(rec.log)?;
             let sent = marks.sent;
@@ -438,6 +439,7 @@ impl Broker {
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         SessionRecord {
             client_id: s.client_id.to_string(),
+            username: s.username.as_deref().map(str::to_owned),
             log: s.log,
             expiry_secs: s.expiry_secs,
             disconnected_at,
@@ -464,10 +466,11 @@ impl Broker {
     /// session.
     pub async fn attach(
         self: &Arc<Self>,
-        client_id: &Arc<str>,
+        client: &ClientInfo,
         clean_start: bool,
         expiry_secs: u32,
     ) -> Result<Attached, BrokerError> {
+        let client_id = &client.client_id;
         // Take over: ask the attached connection to leave and wait for it.
         let existing = self.sessions.lock().get(&**client_id).cloned();
         if let Some(h) = existing.as_ref().filter(|h| h.state.lock().online) {
@@ -517,6 +520,7 @@ impl Broker {
             }
             s.online = true;
             s.generation += 1;
+            s.username = client.username.clone();
             let was_persistent = s.persistent();
             s.expiry_secs = expiry_secs;
             if s.persistent() {
@@ -796,6 +800,10 @@ impl Broker {
                 if own && m.opts.no_local {
                     continue;
                 }
+                if m.opts.filtered && !self.may_read(&m.session, &msg.topic) {
+                    Metrics::inc(&self.metrics.acl_filtered);
+                    continue;
+                }
                 qos = Some(qos.unwrap_or(0).max(m.opts.qos));
                 rap |= m.opts.retain_as_published;
                 sub_ids.extend(m.opts.id);
@@ -992,12 +1000,35 @@ impl Broker {
             return Vec::new();
         }
         let now = unix_now();
-        self.retained
+        let msgs: Vec<Arc<Message>> = self
+            .retained
             .read()
             .values()
             .filter(|m| topic::matches(filter, &m.topic) && !m.expired(now))
             .cloned()
+            .collect();
+        if !opts.filtered {
+            return msgs;
+        }
+        msgs.into_iter()
+            .filter(|m| {
+                let ok = self.may_read(handle, &m.topic);
+                if !ok {
+                    Metrics::inc(&self.metrics.acl_filtered);
+                }
+                ok
+            })
             .collect()
+    }
+
+    /// May the owner of `session` read `topic` (a subscription granted
+    /// with [`SubscribeDecision::Filter`](crate::hooks::SubscribeDecision))?
+    fn may_read(&self, session: &SessionRef, topic: &str) -> bool {
+        let client = ClientInfo {
+            client_id: session.client_id.clone(),
+            username: session.state.lock().username.clone(),
+        };
+        self.hooks.authorize_read(&client, topic)
     }
 
     /// Removes a subscription. True if it existed.

@@ -583,6 +583,7 @@ mod tests {
         let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
         let session = |log| SessionRecord {
             client_id: "c".into(),
+            username: None,
             log,
             expiry_secs: 60,
             disconnected_at: None,

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Kick, SessionRef};
 use crate::codec::{self, *};
-use crate::hooks::{AuthDecision, ClientInfo, Event};
+use crate::hooks::{AuthDecision, ClientInfo, Event, SubscribeDecision};
 use crate::message::{unix_now, Message, MessageProps};
 use crate::metrics::Metrics;
 use crate::router::SubOptions;
@@ -551,10 +551,7 @@ impl<T: Transport> Conn<T> {
             }
         };
 
-        let attached = match broker
-            .attach(&client.client_id, connect.clean_start, expiry)
-            .await
-        {
+        let attached = match broker.attach(&client, connect.clean_start, expiry).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "attaching session failed");
@@ -1294,11 +1291,11 @@ impl<T: Transport> Conn<T> {
                 codes.push(SubscribeReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if !self
+            let decision = self
                 .broker
                 .hooks
-                .authorize_subscribe(&self.client, parsed.filter)
-            {
+                .authorize_subscribe(&self.client, parsed.filter);
+            if decision == SubscribeDecision::Deny {
                 Metrics::inc(&self.broker.metrics.acl_denied);
                 tracing::info!(client_id = %self.client.client_id, filter = %f.path, "subscribe denied by ACL");
                 codes.push(SubscribeReasonCode::NotAuthorized);
@@ -1322,6 +1319,7 @@ impl<T: Transport> Conn<T> {
                 no_local: f.nolocal,
                 retain_as_published: f.preserve_retain,
                 id: sub_id,
+                filtered: decision == SubscribeDecision::Filter,
             };
             let rh = match f.retain_forward_rule {
                 RetainForwardRule::OnEverySubscribe => 0,

@@ -27,6 +27,19 @@ pub enum AuthDecision {
     NotAuthorized,
 }
 
+/// What a SUBSCRIBE to one filter gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeDecision {
+    /// Granted: every topic the filter matches may be read.
+    Allow,
+    /// Refused (SUBACK 0x80 / 0x87): no topic it matches may be read.
+    Deny,
+    /// Granted, but some topics it matches may not be read: each message
+    /// is checked with [`Hooks::authorize_read`] before it is delivered
+    /// (retained messages included).
+    Filter,
+}
+
 /// Decisions the broker asks of its embedder. Called on connection tasks;
 /// `authenticate` runs on a blocking thread, so it may be slow.
 pub trait Hooks: Send + Sync + 'static {
@@ -45,7 +58,13 @@ pub trait Hooks: Send + Sync + 'static {
     /// May `client` publish to `topic`?
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool;
     /// May `client` subscribe to `filter`?
-    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> bool;
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision;
+    /// May `client` receive a message on `topic` through a subscription
+    /// granted with [`SubscribeDecision::Filter`]?
+    fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
+        let _ = (client, topic);
+        true
+    }
 }
 
 /// Something that happened, for subscribers of [`crate::Broker::events`].
@@ -126,7 +145,11 @@ impl Hooks for ConfigHooks {
         self.acl.check(Action::Publish, client, topic)
     }
 
-    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> bool {
-        self.acl.check(Action::Subscribe, client, filter)
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
+        self.acl.subscribe(client, filter)
+    }
+
+    fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
+        self.acl.check(Action::Read, client, topic)
     }
 }

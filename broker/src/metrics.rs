@@ -40,6 +40,9 @@ counters! {
     dropped_offline_qos0,
     /// Publishes and subscriptions refused by authorization.
     acl_denied,
+    /// Deliveries withheld from a broad subscription because the subscriber
+    /// may not read that topic.
+    acl_filtered,
     /// Connections closed for malformed or protocol-violating input.
     protocol_errors,
     /// Connections closed for keep-alive timeout.

@@ -473,6 +473,7 @@ mod tests {
         let s = RedbStore::open(dir.path()).unwrap();
         let rec = |log| SessionRecord {
             client_id: "phone".into(),
+            username: None,
             log,
             expiry_secs: 3600,
             disconnected_at: None,

@@ -19,6 +19,9 @@ pub struct SubOptions {
     pub retain_as_published: bool,
     /// 5.0 subscription identifier.
     pub id: Option<u32>,
+    /// Granted with [`crate::hooks::SubscribeDecision::Filter`]: each
+    /// message is checked with `Hooks::authorize_read` before delivery.
+    pub filtered: bool,
 }
 
 /// One subscription that matched a topic.
@@ -250,6 +253,7 @@ mod tests {
             no_local: false,
             retain_as_published: false,
             id: None,
+            filtered: false,
         }
     }
 

@@ -95,6 +95,8 @@ pub struct SessionLimits {
 pub struct Session {
     /// Client identifier.
     pub client_id: Arc<str>,
+    /// Username of the connection that last attached.
+    pub username: Option<Arc<str>>,
     /// Log id of its queue on disk.
     pub log: LogId,
     /// Session expiry interval, seconds (0: ends with the connection).
@@ -130,6 +132,7 @@ impl Session {
     pub fn new(client_id: Arc<str>, log: LogId, expiry_secs: u32, limits: SessionLimits) -> Self {
         Session {
             client_id,
+            username: None,
             log,
             expiry_secs,
             subscriptions: HashMap::new(),

@@ -50,6 +50,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct SessionRecord {
     /// Client identifier.
     pub client_id: String,
+    /// Username of the connection that last attached (for authorizing
+    /// deliveries while it is away).
+    pub username: Option<String>,
     /// Log holding this session's queue.
     pub log: LogId,
     /// Session expiry interval in seconds (`u32::MAX`: never).

@@ -176,7 +176,8 @@ async fn acl_denied_subscribe_v5_is_0x87() {
     connack(&mut el).await;
     c.subscribe_many(vec![
         rumqttc::v5::mqttbytes::v5::Filter::new("users/carol/+", QoS::AtLeastOnce),
-        rumqttc::v5::mqttbytes::v5::Filter::new("#", QoS::AtLeastOnce),
+        // Wholly inside what carol may not read.
+        rumqttc::v5::mqttbytes::v5::Filter::new("users/dave/#", QoS::AtLeastOnce),
     ])
     .await
     .unwrap();
@@ -189,7 +190,66 @@ async fn acl_denied_subscribe_v5_is_0x87() {
         ]
     );
     let text = ack.properties.and_then(|p| p.reason_string);
-    assert_eq!(text.as_deref(), Some("#: not authorized"));
+    assert_eq!(text.as_deref(), Some("users/dave/#: not authorized"));
+}
+
+#[tokio::test]
+async fn a_broad_subscription_is_granted_and_filtered_at_delivery() {
+    use common::v4::*;
+    let b = acl_broker().await;
+    let port = b.port();
+    let with_user = |id: &str, user: &str| {
+        let mut o = opts(id, port);
+        o.set_credentials(user, "");
+        o
+    };
+    // Dave's retained message, which carol must not see.
+    let (dave, mut del) = client(with_user("dave-phone", "dave"));
+    dave.publish("users/dave/status", QoS::AtLeastOnce, true, "away")
+        .await
+        .unwrap();
+    puback(&mut del).await;
+    // Carol's own retained message.
+    let (carol_pub, mut cpl) = client(with_user("carol-laptop", "carol"));
+    carol_pub
+        .publish("users/carol/status", QoS::AtLeastOnce, true, "here")
+        .await
+        .unwrap();
+    puback(&mut cpl).await;
+
+    // "#" touches topics carol may not read, so it is granted and filtered.
+    let (carol, mut cel) = client(with_user("carol-phone", "carol"));
+    connack(&mut cel).await;
+    carol.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(
+        suback(&mut cel).await.return_codes,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let p = publish(&mut cel).await;
+    assert_eq!(p.topic, "users/carol/status", "only her retained message");
+    // Live traffic: dave's inbox message (anyone may publish there) is not
+    // delivered to carol; the one to her inbox is.
+    for (to, body) in [
+        ("users/dave/inbox", "for dave"),
+        ("users/carol/inbox", "for carol"),
+    ] {
+        dave.publish(to, QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+        puback(&mut del).await;
+    }
+    let p = publish(&mut cel).await;
+    assert_eq!(p.topic, "users/carol/inbox");
+    assert_eq!(p.payload, Bytes::from("for carol"));
+    assert!(
+        b.server
+            .broker
+            .metrics
+            .acl_filtered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the retained and the live message were withheld"
+    );
 }
 
 /// A test CA and a server certificate for `localhost`, written to `dir`.

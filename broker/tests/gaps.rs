@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use courier::config::Config;
-use courier::hooks::{AuthDecision, ClientInfo, Hooks};
+use courier::hooks::{AuthDecision, ClientInfo, Hooks, SubscribeDecision};
 use courier::redb_store::RedbStore;
 use courier::store::Store;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, Publish};
@@ -98,8 +98,8 @@ impl Hooks for TestHooks {
     fn authorize_publish(&self, _: &ClientInfo, topic: &str) -> bool {
         !topic.starts_with("admin/")
     }
-    fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> bool {
-        true
+    fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> SubscribeDecision {
+        SubscribeDecision::Allow
     }
 }
 
