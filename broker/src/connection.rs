@@ -681,6 +681,13 @@ impl<T: Transport> Conn<T> {
             if let Some(reply) = self.session.take_kick() {
                 return self.taken_over(reply).await;
             }
+            if self.session.state.lock().generation != self.generation {
+                // A takeover went ahead without this connection's answer.
+                return Close {
+                    will: false,
+                    ..Close::error(DisconnectReasonCode::SessionTakenOver)
+                };
+            }
             if self.keep_alive
                 && self.session.expired_generation.load(Ordering::Acquire) == self.generation
             {
@@ -732,9 +739,41 @@ impl<T: Transport> Conn<T> {
     async fn flush(&mut self) -> Result<(), Close> {
         if self.must_sync {
             // Boxed: the wait is large and most connections never do it.
-            if let Err(e) = Box::pin(self.broker.durable()).await {
-                tracing::error!(error = %e, "cannot acknowledge: sync failed");
-                return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
+            let mut durable = Box::pin(self.broker.durable());
+            let mut woken = false;
+            let r = loop {
+                tokio::select! {
+                    r = &mut durable => break Ok(r),
+                    // A takeover must not wait behind a slow disk: the new
+                    // connection would time out and both would drain the
+                    // session.
+                    _ = self.session.notify.notified() => {
+                        if let Some(reply) = self.session.take_kick() {
+                            break Err(reply);
+                        }
+                        woken = true;
+                    }
+                }
+            };
+            drop(durable);
+            if woken {
+                // Deliveries, keep-alive expiry or shutdown: seen by the run
+                // loop's next turn.
+                self.session.notify.notify_one();
+            }
+            match r {
+                Err(reply) => {
+                    Box::pin(self.finish_takeover(reply)).await;
+                    return Err(Close {
+                        will: false,
+                        ..Close::dropped()
+                    });
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot acknowledge: sync failed");
+                    return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
+                }
+                Ok(Ok(())) => {}
             }
             self.must_sync = false;
             self.unacked_in = 0;
@@ -858,7 +897,16 @@ impl<T: Transport> Conn<T> {
             if self.out.len() >= BATCH {
                 break true;
             }
-            let next = self.session.state.lock().next(self.max_inflight_out, now);
+            let next = {
+                let mut s = self.session.state.lock();
+                // Another connection has the session now (a takeover that
+                // timed out on this one): this one must not drain it.
+                if s.generation != self.generation {
+                    None
+                } else {
+                    s.next(self.max_inflight_out, now)
+                }
+            };
             let Some(n) = next else { break false };
             self.emit_next(n);
         };

@@ -288,3 +288,37 @@ async fn failed_sync_fails_acknowledgements(errno: i32) {
     assert_ne!(answer(&mut r5).await, Answer::Acked(PubAckReason::Success));
     broker.kill9();
 }
+
+#[tokio::test]
+async fn a_takeover_does_not_wait_behind_a_slow_disk() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P};
+    use rumqttc::v5::mqttbytes::QoS;
+    let disk = Disk::new();
+    let broker = BrokerProcess::start(&disk.data());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let mut props = props5();
+    props.session_expiry_interval = Some(3600);
+    let mut a = Raw::connected5(addr, connect5("device", false, Some(props.clone()))).await;
+    a.subscribe5("device/in", QoS::AtLeastOnce).await;
+    // Its own QoS 1 publish to its persistent session: the PUBACK waits for
+    // an fsync that now takes longer than the broker's 5 s takeover wait.
+    disk.mount.slow_syncs(std::time::Duration::from_secs(8));
+    a.send(publish5("device/in", "queued", 1)).await;
+    // The same device connects again (a phone switching networks).
+    let started = std::time::Instant::now();
+    let mut b = Raw::connect(addr, true).await;
+    b.send(connect5("device", false, Some(props))).await;
+    let present = tokio::time::timeout(std::time::Duration::from_secs(4), b.next())
+        .await
+        .expect("the takeover completes without waiting out the slow fsync");
+    match present {
+        RawEvent::Packet(P::ConnAck(c)) => assert!(c.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(
+        a.until_closed().await,
+        Some(DisconnectReasonCode::SessionTakenOver)
+    );
+    disk.mount.slow_syncs(std::time::Duration::ZERO);
+}

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub tree: Mutex<Tree>,
     /// errno that every fsync fails with while non-zero.
     pub fail_sync: AtomicI32,
+    /// Milliseconds every fsync takes (a slow disk), while non-zero.
+    pub sync_delay_ms: AtomicU64,
     pub file_syncs: AtomicU64,
     pub dir_syncs: AtomicU64,
 }
@@ -86,6 +88,12 @@ impl Fuse {
     }
 
     fn sync(&self, ino: INodeNo, dir: bool, reply: ReplyEmpty) {
+        let delay = self.0.sync_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            // One request at a time: the whole file system stalls, as a
+            // saturated disk does.
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         let mut tree = self.0.tree();
         let fail = self.0.fail_sync.load(Ordering::SeqCst);
         let r = if fail != 0 {

@@ -71,6 +71,14 @@ impl Mount {
             .store(errno.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Makes every fsync and fdatasync take `delay` (a slow disk); zero
+    /// for none.
+    pub fn slow_syncs(&self, delay: std::time::Duration) {
+        self.shared
+            .sync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Successful fsyncs so far: of files, and of directories.
     pub fn syncs(&self) -> (u64, u64) {
         (
