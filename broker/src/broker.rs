@@ -177,16 +177,21 @@ impl Broker {
     /// Opens the store in `config.data_dir`, restores sessions and retained
     /// messages, and uses hooks built from the configuration.
     pub fn open(config: Config) -> Result<Arc<Broker>, BrokerError> {
+        let hooks = Self::config_hooks(&config)?;
+        Self::open_with_hooks(config, hooks)
+    }
+
+    /// The hooks the configuration describes: password file and ACL.
+    pub fn config_hooks(config: &Config) -> Result<Arc<dyn Hooks>, BrokerError> {
         let passwords = match &config.auth.password_file {
             Some(p) => Some(PasswordFile::load(p)?),
             None => None,
         };
-        let hooks = Arc::new(ConfigHooks::new(
+        Ok(Arc::new(ConfigHooks::new(
             config.auth.allow_anonymous,
             passwords,
             Acl::new(&config.acl),
-        ));
-        Self::open_with_hooks(config, hooks)
+        )))
     }
 
     /// Like [`Broker::open`] with the embedder's hooks.
@@ -195,6 +200,16 @@ impl Broker {
         hooks: Arc<dyn Hooks>,
     ) -> Result<Arc<Broker>, BrokerError> {
         let store: Arc<dyn Store> = RedbStore::open(&config.data_dir)?;
+        Self::open_with(config, hooks, store)
+    }
+
+    /// Opens a broker on the embedder's hooks and store, and restores what
+    /// the store holds.
+    pub fn open_with(
+        config: Config,
+        hooks: Arc<dyn Hooks>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Broker>, BrokerError> {
         let delay = Duration::from_micros(config.commit_delay_us);
         let commit = GroupCommit::start(store.clone(), delay)?;
         let (events, _) = broadcast::channel(4096);
@@ -416,7 +431,7 @@ impl Broker {
             commit_ms,
             "store writes since start"
         );
-        self.commit.close();
+        self.commit.close().await;
         r
     }
 

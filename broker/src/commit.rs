@@ -133,6 +133,8 @@ pub struct GroupCommit {
     stopped: AtomicBool,
     /// The first failed commit; every later one fails with it.
     failed: Mutex<Option<SyncFailed>>,
+    /// The flusher thread, joined at close.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Pause before a commit that follows straight on another.
     delay: std::time::Duration,
 }
@@ -160,12 +162,14 @@ impl GroupCommit {
             closed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             failed: Mutex::new(None),
+            thread: Mutex::new(None),
             delay,
         });
         let me = gc.clone();
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name("courier-commit".into())
             .spawn(move || me.run(&*store))?;
+        *gc.thread.lock() = Some(t);
         Ok(gc)
     }
 
@@ -387,11 +391,16 @@ impl GroupCommit {
         }
     }
 
-    /// Stops the flusher after a final commit, so the store is released.
-    /// Writes journaled afterwards are not applied.
-    pub fn close(&self) {
+    /// Stops the flusher after a final commit and waits for its thread to
+    /// end. Writes journaled afterwards are not applied; a waiter from then
+    /// on gets an error at once.
+    pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.kick();
+        let thread = self.thread.lock().take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
     }
 
     /// Wakes the flusher if it sleeps. Taking `idle` orders this with its
@@ -484,20 +493,20 @@ mod tests {
         let gc = GroupCommit::start(store, Default::default()).unwrap();
         gc.put_retained(msg());
         gc.durable().await.unwrap();
-        gc.close();
-        // Whether or not the last commit covers it, a waiter is answered.
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), gc.durable())
+        // A waiter racing the close is answered either way.
+        let racing = {
+            let gc = gc.clone();
+            tokio::spawn(async move { gc.durable().await })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), gc.close())
             .await
-            .expect("answered");
-        let _ = first;
-        // Once the flusher has ended, at once and with an error.
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while !gc.stopped.load(Ordering::Acquire) {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("flusher ends after close");
+            .expect("the flusher's thread ends after close");
+        assert!(gc.stopped.load(Ordering::Acquire));
+        tokio::time::timeout(std::time::Duration::from_secs(10), racing)
+            .await
+            .expect("answered")
+            .unwrap()
+            .ok();
         let late = tokio::time::timeout(std::time::Duration::from_secs(1), gc.durable())
             .await
             .expect("answered at once");

@@ -8,6 +8,8 @@ use crate::commit::SyncFailed;
 use crate::config::{Config, ConfigError, ListenerKind};
 use crate::hooks::Hooks;
 use crate::listener::{self, ListenerError};
+use crate::redb_store::RedbStore;
+use crate::store::Store;
 
 /// Starting the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,45 @@ pub enum ServerError {
     /// A listener could not start.
     #[error(transparent)]
     Listener(#[from] ListenerError),
+}
+
+/// Chooses the parts of a [`Server`]; whatever is not given is built from
+/// the configuration.
+pub struct ServerBuilder {
+    config: Config,
+    hooks: Option<Arc<dyn Hooks>>,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl ServerBuilder {
+    /// Authentication and authorization (default: the configured password
+    /// file and ACL).
+    pub fn hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The store (default: the embedded redb store in `data_dir`).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens what was not given, restores the store and starts every
+    /// configured listener.
+    pub async fn start(self) -> Result<Server, ServerError> {
+        self.config.validate()?;
+        let hooks = match self.hooks {
+            Some(h) => h,
+            None => Broker::config_hooks(&self.config)?,
+        };
+        let store = match self.store {
+            Some(s) => s,
+            None => RedbStore::open(&self.config.data_dir).map_err(BrokerError::from)?,
+        };
+        let broker = Broker::open_with(self.config, hooks, store)?;
+        Server::with_broker(broker).await
+    }
 }
 
 /// The broker with its listeners running.
@@ -45,9 +86,16 @@ impl Server {
         config: Config,
         hooks: Arc<dyn Hooks>,
     ) -> Result<Server, ServerError> {
-        config.validate()?;
-        let broker = Broker::open_with_hooks(config, hooks)?;
-        Self::with_broker(broker).await
+        Self::builder(config).hooks(hooks).start().await
+    }
+
+    /// A server to start with parts of the embedder's choosing.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            hooks: None,
+            store: None,
+        }
     }
 
     async fn with_broker(broker: Arc<Broker>) -> Result<Server, ServerError> {
