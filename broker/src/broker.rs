@@ -15,6 +15,7 @@ use crate::commit::{GroupCommit, SyncFailed};
 use crate::config::{Config, Durability};
 use crate::hooks::{ClientInfo, ConfigHooks, Event, Hooks};
 use crate::keepalive::Watchdog;
+use crate::logs::Logs;
 use crate::message::{unix_now, Message};
 use crate::metrics::Metrics;
 use crate::redb_store::RedbStore;
@@ -167,6 +168,8 @@ pub struct Broker {
     closing: AtomicBool,
     /// Keep-alive enforcement for all connections.
     pub(crate) watchdog: Watchdog,
+    /// Named logs for in-process code.
+    logs: Logs,
     /// Session expiry and will delay for all sessions (on the watchdog's
     /// clock).
     timers: Timers,
@@ -212,6 +215,7 @@ impl Broker {
     ) -> Result<Arc<Broker>, BrokerError> {
         let delay = Duration::from_micros(config.commit_delay_us);
         let commit = GroupCommit::start(store.clone(), delay)?;
+        let logs = Logs::new(store.clone(), commit.clone());
         let (events, _) = broadcast::channel(4096);
         let (shutdown, _) = watch::channel(false);
         let broker = Arc::new(Broker {
@@ -228,6 +232,7 @@ impl Broker {
             shutdown,
             closing: AtomicBool::new(false),
             watchdog: Watchdog::default(),
+            logs,
             timers: Timers::default(),
             connections: AtomicUsize::new(0),
         });
@@ -391,6 +396,12 @@ impl Broker {
     /// acknowledged before its commit.
     pub fn write_counts(&self) -> (u64, u64) {
         self.commit.write_counts()
+    }
+
+    /// Named, ordered logs on the broker's store (conversation histories,
+    /// inboxes), for in-process code.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
     }
 
     /// Session expiries and delayed wills pending (at most one of each per

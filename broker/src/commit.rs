@@ -359,6 +359,11 @@ impl GroupCommit {
         self.journal().mark(log, Some(seq), None);
     }
 
+    /// Journals a write of another layer (named logs).
+    pub(crate) fn write(&self, w: Write) {
+        self.journal().push(w);
+    }
+
     /// Journals a retained message.
     pub fn put_retained(&self, msg: Arc<Message>) {
         self.journal().push(Write::PutRetained(msg));

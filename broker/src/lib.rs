@@ -21,6 +21,7 @@ mod data_dir;
 pub mod hooks;
 pub mod keepalive;
 pub mod listener;
+pub mod logs;
 pub mod message;
 pub mod metrics;
 pub mod redb_store;

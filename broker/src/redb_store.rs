@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::data_dir;
 use crate::message::Message;
 use crate::store::{
-    LogId, LogMarks, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
+    LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
 };
 
 /// The data directory's format marker for this layout.
@@ -39,6 +39,14 @@ const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
 const CURSORS: TableDefinition<(u64, &str), u64> = TableDefinition::new("cursors");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Named logs: `(log, seq) -> (id, time_ms, data)`.
+const NLOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("nlogs");
+/// `(log, id) -> seq`, for idempotent appends.
+const NIDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("nlog_ids");
+/// `(log, consumer) -> seq`.
+const NCURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("nlog_cursors");
+/// `log -> last seq ever appended` (numbering goes on after a trim).
+const NHEADS: TableDefinition<&str, u64> = TableDefinition::new("nlog_heads");
 
 /// `META` key: every id handed out before the last commit is below it.
 const IDS_BELOW: &str = "ids_below";
@@ -156,6 +164,10 @@ impl RedbStore {
             tx.open_table(MARKS).map_err(io)?;
             tx.open_table(CURSORS).map_err(io)?;
             tx.open_table(RETAINED).map_err(io)?;
+            tx.open_table(NLOGS).map_err(io)?;
+            tx.open_table(NIDS).map_err(io)?;
+            tx.open_table(NCURSORS).map_err(io)?;
+            tx.open_table(NHEADS).map_err(io)?;
             tx.open_table(META)
                 .map_err(io)?
                 .insert(IDS_BELOW, 1)
@@ -180,6 +192,10 @@ impl RedbStore {
             let mut marks = tx.open_table(MARKS).map_err(io)?;
             let mut cursors = tx.open_table(CURSORS).map_err(io)?;
             let mut retained = tx.open_table(RETAINED).map_err(io)?;
+            let mut nlogs = tx.open_table(NLOGS).map_err(io)?;
+            let mut nids = tx.open_table(NIDS).map_err(io)?;
+            let mut ncursors = tx.open_table(NCURSORS).map_err(io)?;
+            let mut nheads = tx.open_table(NHEADS).map_err(io)?;
             for w in writes {
                 match w {
                     Write::PutSession(rec) => {
@@ -256,6 +272,45 @@ impl RedbStore {
                     Write::DeleteRetained(topic) => {
                         retained.remove(topic.as_str()).map_err(io)?;
                     }
+                    Write::LogAppend { log, records } => {
+                        let mut last = 0;
+                        for r in &records {
+                            let v = postcard::to_stdvec(&(&r.id, r.time_ms, &r.data))?;
+                            nlogs
+                                .insert((log.as_str(), r.seq), v.as_slice())
+                                .map_err(io)?;
+                            if let Some(id) = &r.id {
+                                nids.insert((log.as_str(), id.as_str()), r.seq)
+                                    .map_err(io)?;
+                            }
+                            last = r.seq;
+                        }
+                        nheads.insert(log.as_str(), last).map_err(io)?;
+                    }
+                    Write::LogTrim { log, upto } => {
+                        // The ids of what goes, then the records.
+                        let mut ids = Vec::new();
+                        for kv in nlogs
+                            .range((log.as_str(), 0)..=(log.as_str(), upto))
+                            .map_err(io)?
+                        {
+                            let (_, v) = kv.map_err(io)?;
+                            let (id, _, _): (Option<String>, u64, bytes::Bytes) =
+                                postcard::from_bytes(v.value())?;
+                            ids.extend(id);
+                        }
+                        for id in &ids {
+                            nids.remove((log.as_str(), id.as_str())).map_err(io)?;
+                        }
+                        nlogs
+                            .retain_in((log.as_str(), 0)..=(log.as_str(), upto), |_, _| false)
+                            .map_err(io)?;
+                    }
+                    Write::LogCursor { log, consumer, seq } => {
+                        ncursors
+                            .insert((log.as_str(), consumer.as_str()), seq)
+                            .map_err(io)?;
+                    }
                 }
             }
             // Every id used by a write above was handed out before it was
@@ -271,6 +326,16 @@ impl RedbStore {
         }
         tx.commit().map_err(io)
     }
+}
+
+fn log_record(seq: u64, v: &[u8]) -> StoreResult<LogRecord> {
+    let (id, time_ms, data): (Option<String>, u64, bytes::Bytes) = postcard::from_bytes(v)?;
+    Ok(LogRecord {
+        seq,
+        id,
+        time_ms,
+        data,
+    })
 }
 
 impl Store for RedbStore {
@@ -371,6 +436,64 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for kv in t.iter().map_err(io)? {
             out.push(kv.map_err(io)?.0.value());
+        }
+        Ok(out)
+    }
+
+    fn log_last(&self, log: &str) -> StoreResult<u64> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(NHEADS).map_err(io)?;
+        Ok(t.get(log).map_err(io)?.map(|g| g.value()).unwrap_or(0))
+    }
+
+    fn log_read(&self, log: &str, from: u64, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(NLOGS).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t
+            .range((log, from)..=(log, u64::MAX))
+            .map_err(io)?
+            .take(limit)
+        {
+            let (k, v) = kv.map_err(io)?;
+            out.push(log_record(k.value().1, v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn log_read_back(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(NLOGS).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t
+            .range((log, 0)..(log, before))
+            .map_err(io)?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = kv.map_err(io)?;
+            out.push(log_record(k.value().1, v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn log_seq_of(&self, log: &str, id: &str) -> StoreResult<Option<u64>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(NIDS).map_err(io)?;
+        Ok(t.get((log, id)).map_err(io)?.map(|g| g.value()))
+    }
+
+    fn log_cursors(&self, log: &str) -> StoreResult<Vec<(String, u64)>> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(NCURSORS).map_err(io)?;
+        let mut out = Vec::new();
+        for kv in t.range((log, "")..).map_err(io)? {
+            let (k, v) = kv.map_err(io)?;
+            let (l, consumer) = k.value();
+            if l != log {
+                break;
+            }
+            out.push((consumer.to_owned(), v.value()));
         }
         Ok(out)
     }

@@ -109,6 +109,19 @@ pub struct LogMarks {
     pub floor: u64,
 }
 
+/// A record of a named log ([`crate::logs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Its position: dense, from 1, never reused.
+    pub seq: u64,
+    /// The appender's id for it (idempotency key), if any.
+    pub id: Option<String>,
+    /// When the broker appended it (Unix milliseconds).
+    pub time_ms: u64,
+    /// The bytes.
+    pub data: bytes::Bytes,
+}
+
 /// One write in a commit's batch.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -155,6 +168,30 @@ pub enum Write {
     PutRetained(Arc<Message>),
     /// Clears the retained message of a topic.
     DeleteRetained(String),
+    /// Appends records (numbered, ascending) to a named log.
+    LogAppend {
+        /// The log's name.
+        log: String,
+        /// The records.
+        records: Vec<LogRecord>,
+    },
+    /// Removes the records of a named log up to a sequence number (its
+    /// numbering goes on after them).
+    LogTrim {
+        /// The log's name.
+        log: String,
+        /// Last sequence number removed.
+        upto: u64,
+    },
+    /// Sets a named log's cursor for a consumer.
+    LogCursor {
+        /// The log's name.
+        log: String,
+        /// The consumer's name.
+        consumer: String,
+        /// Its position.
+        seq: u64,
+    },
 }
 
 /// Everything the broker persists.
@@ -187,4 +224,15 @@ pub trait Store: Send + Sync {
     fn message_ids(&self) -> StoreResult<Vec<u64>>;
     /// All retained messages.
     fn load_retained(&self) -> StoreResult<Vec<Message>>;
+    /// The last sequence number ever appended to named log `log` (0: none).
+    fn log_last(&self, log: &str) -> StoreResult<u64>;
+    /// Up to `limit` records of `log` with sequence number `from` or more,
+    /// ascending.
+    fn log_read(&self, log: &str, from: u64, limit: usize) -> StoreResult<Vec<LogRecord>>;
+    /// Up to `limit` records of `log` below `before`, descending.
+    fn log_read_back(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogRecord>>;
+    /// The sequence number of the record of `log` appended with `id`.
+    fn log_seq_of(&self, log: &str, id: &str) -> StoreResult<Option<u64>>;
+    /// The cursors of `log`, by consumer name.
+    fn log_cursors(&self, log: &str) -> StoreResult<Vec<(String, u64)>>;
 }

@@ -92,19 +92,26 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             if s.umount_and_join().is_err() {
-                // Still busy (a test failed with a program inside): detach
-                // it, so no mount outlives the test.
-                detach(&self.path);
+                // Still busy (a test failed with a file open inside): abort
+                // the connection, so nothing waits on it for ever (a thread
+                // of this very process would: the file system answers from
+                // here), then detach it, so no mount outlives the test.
+                force_unmount(&self.path);
             }
         }
     }
 }
 
-fn detach(path: &Path) {
+fn force_unmount(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
         // SAFETY: a valid NUL-terminated path; umount2 has no other inputs.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        // MNT_FORCE aborts a FUSE connection: pending and later requests
+        // fail with ENOTCONN instead of waiting.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_FORCE);
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
     }
 }
 
