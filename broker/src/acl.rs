@@ -130,6 +130,7 @@ mod tests {
         ClientInfo {
             client_id: "phone1".into(),
             username: u.map(Into::into),
+            principal: None,
         }
     }
 

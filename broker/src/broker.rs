@@ -63,6 +63,8 @@ pub struct SessionHandle {
     pub(crate) seen_ms: AtomicU64,
     /// The attachment generation whose keep-alive ran out.
     pub(crate) expired_generation: AtomicU64,
+    /// The attachment generation whose credential expired.
+    pub(crate) credential_expired: AtomicU64,
     /// A takeover waiting for the attached connection to leave; signalled
     /// through `notify`, so a connection needs no channel of its own.
     kick: Mutex<Option<Kick>>,
@@ -112,6 +114,7 @@ impl SessionHandle {
             throttling: AtomicBool::new(false),
             seen_ms: AtomicU64::new(0),
             expired_generation: AtomicU64::new(0),
+            credential_expired: AtomicU64::new(0),
             kick: Mutex::new(None),
             kicking: AtomicBool::new(false),
             will: Mutex::new(None),
@@ -547,6 +550,7 @@ impl Broker {
             s.online = true;
             s.generation += 1;
             s.username = client.username.clone();
+            s.principal = client.principal.clone();
             let was_persistent = s.persistent();
             s.expiry_secs = expiry_secs;
             if s.persistent() {
@@ -618,6 +622,25 @@ impl Broker {
         ));
     }
 
+    /// Closes the connection of `generation` on `handle` once its
+    /// credential expires at `expires_at` (Unix seconds).
+    pub(crate) fn expire_credential(
+        self: &Arc<Self>,
+        handle: &SessionRef,
+        generation: u64,
+        expires_at: u64,
+    ) {
+        let wait_ms = expires_at.saturating_sub(unix_now()).saturating_mul(1000);
+        let deadline = self.watchdog.now_ms().saturating_add(wait_ms);
+        self.timers.schedule(
+            deadline,
+            timers::Kind::Credential,
+            Arc::downgrade(handle),
+            generation,
+            None,
+        );
+    }
+
     /// Runs the session expiries and delayed wills due at `now_ms` (the
     /// watchdog's clock), in deadline order.
     pub(crate) fn fire_timers(self: &Arc<Self>, now_ms: u64) {
@@ -646,6 +669,17 @@ impl Broker {
                         tracing::debug!(client_id = %h.client_id, "session expired");
                         Metrics::inc(&self.metrics.sessions_expired);
                         self.destroy(&h, true);
+                    }
+                }
+                timers::Kind::Credential => {
+                    let online = {
+                        let s = h.state.lock();
+                        s.online && s.generation == due.generation
+                    };
+                    if online {
+                        h.credential_expired
+                            .store(due.generation, Ordering::Release);
+                        h.notify.notify_one();
                     }
                 }
                 timers::Kind::Will => {
@@ -1050,9 +1084,13 @@ impl Broker {
     /// May the owner of `session` read `topic` (a subscription granted
     /// with [`SubscribeDecision::Filter`](crate::hooks::SubscribeDecision))?
     fn may_read(&self, session: &SessionRef, topic: &str) -> bool {
-        let client = ClientInfo {
-            client_id: session.client_id.clone(),
-            username: session.state.lock().username.clone(),
+        let client = {
+            let s = session.state.lock();
+            ClientInfo {
+                client_id: session.client_id.clone(),
+                username: s.username.clone(),
+                principal: s.principal.clone(),
+            }
         };
         self.hooks.authorize_read(&client, topic)
     }

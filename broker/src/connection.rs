@@ -469,8 +469,16 @@ impl<T: Transport> Conn<T> {
         } else {
             hooks.authenticate(&client_id, username.as_deref(), password.as_deref())
         };
+        let mut principal = None;
         let code = match decision {
             AuthDecision::Allow => None,
+            AuthDecision::AllowAs(p) if p.expires_at.is_some_and(|t| t <= unix_now()) => {
+                Some(ConnectReturnCode::NotAuthorized)
+            }
+            AuthDecision::AllowAs(p) => {
+                principal = Some(p);
+                None
+            }
             AuthDecision::BadCredentials => Some(ConnectReturnCode::BadUserNamePassword),
             AuthDecision::NotAuthorized => Some(ConnectReturnCode::NotAuthorized),
         };
@@ -483,6 +491,7 @@ impl<T: Transport> Conn<T> {
         let client = ClientInfo {
             client_id: client_id.as_str().into(),
             username: username.map(|u| u.as_str().into()),
+            principal,
         };
 
         // Session expiry: 3.1.1 clean session 0 means "never expires".
@@ -560,6 +569,9 @@ impl<T: Transport> Conn<T> {
                 return None;
             }
         };
+        if let Some(t) = client.principal.as_ref().and_then(|p| p.expires_at) {
+            broker.expire_credential(&attached.session, attached.generation, t);
+        }
         let max_inflight = limits.max_inflight as usize;
         let client_recv_max = props.receive_maximum.unwrap_or(u16::MAX).max(1) as usize;
         let log = attached.session.state.lock().log;
@@ -686,6 +698,13 @@ impl<T: Transport> Conn<T> {
                 return Close {
                     will: false,
                     ..Close::error(DisconnectReasonCode::SessionTakenOver)
+                };
+            }
+            if self.session.credential_expired.load(Ordering::Acquire) == self.generation {
+                tracing::info!(client_id = %self.client.client_id, "credential expired");
+                return Close {
+                    why: Some("credential expired".into()),
+                    ..Close::error(DisconnectReasonCode::NotAuthorized)
                 };
             }
             if self.keep_alive

@@ -14,13 +14,35 @@ pub struct ClientInfo {
     pub client_id: Arc<str>,
     /// Username from CONNECT, if any.
     pub username: Option<Arc<str>>,
+    /// Who the authenticator said the client is, if it said
+    /// ([`AuthDecision::AllowAs`]). Never taken from what the client sent.
+    pub principal: Option<Arc<Principal>>,
+}
+
+/// An authenticated identity: what a credential (an access token) proved.
+/// It travels with the connection to every later hook and to in-process
+/// handlers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// The user.
+    pub user: String,
+    /// The user's device, if the credential names one.
+    pub device: Option<String>,
+    /// When the credential stops being valid (Unix seconds). The broker
+    /// closes the connection then (5.0: DISCONNECT 0x87 "credential
+    /// expired"); a CONNECT with an expired one is refused.
+    pub expires_at: Option<u64>,
+    /// Further claims the authenticator chose to keep, as name and value.
+    pub claims: Vec<(String, String)>,
 }
 
 /// Outcome of authentication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
     /// Let the client in.
     Allow,
+    /// Let the client in as this principal.
+    AllowAs(Arc<Principal>),
     /// Unknown user or wrong password (CONNACK 0x86 / 0x04).
     BadCredentials,
     /// Not allowed to connect (CONNACK 0x87 / 0x05).

@@ -97,6 +97,9 @@ pub struct Session {
     pub client_id: Arc<str>,
     /// Username of the connection that last attached.
     pub username: Option<Arc<str>>,
+    /// Principal of the connection that last attached (not kept across a
+    /// restart).
+    pub principal: Option<Arc<crate::hooks::Principal>>,
     /// Log id of its queue on disk.
     pub log: LogId,
     /// Session expiry interval, seconds (0: ends with the connection).
@@ -133,6 +136,7 @@ impl Session {
         Session {
             client_id,
             username: None,
+            principal: None,
             log,
             expiry_secs,
             subscriptions: HashMap::new(),

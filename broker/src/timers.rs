@@ -1,5 +1,5 @@
-//! Session expiry and delayed wills, for every session, in one ordered
-//! queue checked by the broker's once-a-second tick.
+//! Session expiry, delayed wills and credential expiry, for every session,
+//! in one ordered queue checked by the broker's once-a-second tick.
 //!
 //! A sleeping task per detached session costs a task and a timer, and one
 //! was left behind at every disconnect; a phone that reconnects every few
@@ -26,6 +26,8 @@ pub(crate) enum Kind {
     Expiry,
     /// The delayed will of this generation is published.
     Will,
+    /// The connection of this generation loses its credential.
+    Credential,
 }
 
 /// A timer that came due.
