@@ -13,6 +13,7 @@ use crate::acl::Acl;
 use crate::auth::{AuthError, PasswordFile};
 use crate::commit::{GroupCommit, SyncFailed};
 use crate::config::{Config, Durability};
+use crate::feed::Feed;
 use crate::hooks::{ClientInfo, ConfigHooks, Event, Hooks};
 use crate::keepalive::Watchdog;
 use crate::logs::Logs;
@@ -173,6 +174,9 @@ pub struct Broker {
     pub(crate) watchdog: Watchdog,
     /// Named logs for in-process code.
     logs: Logs,
+    /// Lossless lifecycle feeds of in-process listeners.
+    feeds: Mutex<Vec<std::sync::Weak<Feed>>>,
+    has_feeds: AtomicBool,
     /// Session expiry and will delay for all sessions (on the watchdog's
     /// clock).
     timers: Timers,
@@ -236,6 +240,8 @@ impl Broker {
             closing: AtomicBool::new(false),
             watchdog: Watchdog::default(),
             logs,
+            feeds: Mutex::default(),
+            has_feeds: AtomicBool::new(false),
             timers: Timers::default(),
             connections: AtomicUsize::new(0),
         });
@@ -371,12 +377,50 @@ impl Broker {
     }
 
     /// Subscribes to broker events. Slow receivers miss events (lagged)
-    /// rather than slow the broker down.
+    /// rather than slow the broker down; [`Broker::feed`] loses nothing.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
+    /// A feed of every client's latest lifecycle state, for a listener that
+    /// must not miss a change however slow it is (it keeps one entry per
+    /// changed client, not one per event). Dropping it unregisters it.
+    pub fn feed(&self) -> Arc<Feed> {
+        let f = Arc::new(Feed::default());
+        let mut feeds = self.feeds.lock();
+        feeds.retain(|w| w.strong_count() > 0);
+        feeds.push(Arc::downgrade(&f));
+        self.has_feeds.store(true, Ordering::Release);
+        f
+    }
+
     pub(crate) fn emit(&self, e: Event) {
+        if self.has_feeds.load(Ordering::Acquire) {
+            for f in self.feeds.lock().iter().filter_map(|w| w.upgrade()) {
+                match &e {
+                    Event::Connected { client, .. } => f.update(client, |u| {
+                        u.client = client.clone();
+                        u.online = true;
+                        u.cause = None;
+                        u.queued_offline = 0;
+                    }),
+                    Event::Disconnected { client, cause, .. } => f.update(client, |u| {
+                        u.online = false;
+                        u.cause = Some(*cause);
+                    }),
+                    Event::QueuedOffline {
+                        client_id, queued, ..
+                    } => {
+                        let client = ClientInfo {
+                            client_id: client_id.clone(),
+                            username: None,
+                            principal: None,
+                        };
+                        f.update(&client, |u| u.queued_offline = *queued);
+                    }
+                }
+            }
+        }
         let _ = self.events.send(e);
     }
 

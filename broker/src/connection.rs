@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Kick, SessionRef};
 use crate::codec::{self, *};
+use crate::feed::DisconnectCause;
 use crate::hooks::{AuthDecision, ClientInfo, Event, SubscribeDecision};
 use crate::message::{unix_now, Message, MessageProps};
 use crate::metrics::Metrics;
@@ -878,6 +879,7 @@ impl<T: Transport> Conn<T> {
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
             graceful: false,
+            cause: DisconnectCause::TakenOver,
         });
         self.generation = 0;
         // Release the new connection before closing ours: the old peer is
@@ -1472,9 +1474,18 @@ impl<T: Transport> Conn<T> {
         self.broker.detach(&self.session, self.generation);
         tracing::debug!(client_id = %self.client.client_id, reason = ?close.reason, graceful = close.graceful, "disconnected");
         let drain = close.notify && v5(self.version);
+        let cause = match close.reason {
+            _ if close.graceful => DisconnectCause::ClientDisconnected,
+            DisconnectReasonCode::KeepAliveTimeout => DisconnectCause::KeepAliveTimeout,
+            DisconnectReasonCode::SessionTakenOver => DisconnectCause::TakenOver,
+            DisconnectReasonCode::ServerShuttingDown => DisconnectCause::ServerShutdown,
+            _ if !close.notify => DisconnectCause::Dropped,
+            _ => DisconnectCause::Closed,
+        };
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
             graceful: close.graceful,
+            cause,
         });
         if drain {
             self.drain_input().await;

@@ -105,6 +105,8 @@ pub enum Event {
         client: ClientInfo,
         /// It sent DISCONNECT (false: dropped, timed out, taken over, refused).
         graceful: bool,
+        /// Why it ended.
+        cause: crate::feed::DisconnectCause,
     },
     /// A message was queued for a session with no connection attached.
     QueuedOffline {

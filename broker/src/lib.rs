@@ -18,6 +18,7 @@ pub mod commit;
 pub mod config;
 pub mod connection;
 mod data_dir;
+pub mod feed;
 pub mod hooks;
 pub mod keepalive;
 pub mod listener;

@@ -164,7 +164,10 @@ async fn takeover_closes_the_old_connection() {
     assert!(closed.is_ok(), "old connection closed");
     let ev = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(BrokerEvent::Disconnected { client, graceful }) = events.recv().await {
+            if let Ok(BrokerEvent::Disconnected {
+                client, graceful, ..
+            }) = events.recv().await
+            {
                 return (client.client_id, graceful);
             }
         }
@@ -352,7 +355,9 @@ async fn events_report_connect_drop_and_offline_queueing() {
                     assert_eq!(client.username.as_deref(), Some("alice"));
                     saw.0 = true;
                 }
-                BrokerEvent::Disconnected { client, graceful } if &*client.client_id == "dev1" => {
+                BrokerEvent::Disconnected {
+                    client, graceful, ..
+                } if &*client.client_id == "dev1" => {
                     assert!(!graceful);
                     saw.1 = true;
                     if !published {

@@ -188,3 +188,56 @@ async fn a_connection_whose_credential_expires_is_disconnected_with_0x87() {
     let why = d.properties.and_then(|p| p.reason_string);
     assert_eq!(why.as_deref(), Some("credential expired"));
 }
+
+#[tokio::test]
+async fn a_slow_listener_loses_no_clients_state() {
+    use courier::feed::DisconnectCause;
+    let b = TestBroker::start().await;
+    let feed = b.server.broker.feed();
+    let mut lossy = b.server.broker.events();
+    // 50 devices connect and leave 50 times each while nobody reads:
+    // 5,000 events, more than the broadcast keeps.
+    for round in 0..50 {
+        let mut tasks = Vec::new();
+        for d in 0..50 {
+            let addr = b.addr();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("dev{d}");
+                let mut r = Raw::connected5(addr, connect5(&id, true, None)).await;
+                r.send(rumqttc::v5::mqttbytes::v5::Packet::Disconnect(
+                    rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                        rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NormalDisconnection,
+                    ),
+                ))
+                .await;
+                assert!(r.until_closed().await.is_none());
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let _ = round;
+    }
+    // The connections' ends are reported as their tasks finish.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 50
+        || seen
+            .values()
+            .any(|u: &courier::feed::ClientUpdate| u.online)
+    {
+        let u = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .expect("every device's latest state");
+        seen.insert(u.client.client_id.to_string(), u);
+    }
+    for u in seen.values() {
+        assert_eq!(u.cause, Some(DisconnectCause::ClientDisconnected));
+    }
+    assert_eq!(feed.pending(), 0);
+    // The broadcast receiver, by contrast, fell behind.
+    assert!(matches!(
+        lossy.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+    ));
+}

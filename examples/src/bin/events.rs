@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
                 Ok(Event::Connected { client, session_present }) => {
                     println!("connected    {} (user {:?}, resumed {session_present})", client.client_id, client.username)
                 }
-                Ok(Event::Disconnected { client, graceful }) => {
-                    println!("disconnected {} (graceful {graceful})", client.client_id)
+                Ok(Event::Disconnected { client, cause, .. }) => {
+                    println!("disconnected {} ({cause:?})", client.client_id)
                 }
                 Ok(Event::QueuedOffline { client_id, topic, queued }) => {
                     println!("queued       {client_id}: {topic} ({queued} waiting) -> would push")
