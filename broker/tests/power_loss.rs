@@ -56,6 +56,19 @@ async fn resume_and_read(port: u16, id: &str, n: usize) -> Vec<Bytes> {
     got
 }
 
+/// The phone's resumed session holds messages 0..n (as big-endian u32
+/// payloads), in order.
+async fn expect_in_order(port: u16, n: u32) {
+    let got = resume_and_read(port, "phone", n as usize).await;
+    for (i, p) in got.iter().enumerate() {
+        assert_eq!(
+            p.as_ref(),
+            &(i as u32).to_be_bytes(),
+            "message {i} in order"
+        );
+    }
+}
+
 /// A 5.0 QoS 1 PUBLISH with packet id `pkid`.
 fn publish5(topic: &str, payload: &'static str, pkid: u16) -> rumqttc::v5::mqttbytes::v5::Packet {
     use rumqttc::v5::mqttbytes::{v5, QoS};
@@ -86,14 +99,7 @@ async fn acknowledged_messages_and_the_session_survive_a_power_cut() {
     disk.crash(broker);
 
     let broker = BrokerProcess::start(&disk.data());
-    let got = resume_and_read(broker.port, "phone", N as usize).await;
-    for (i, p) in got.iter().enumerate() {
-        assert_eq!(
-            p.as_ref(),
-            &(i as u32).to_be_bytes(),
-            "message {i} in order"
-        );
-    }
+    expect_in_order(broker.port, N).await;
 }
 
 #[tokio::test]
@@ -132,14 +138,7 @@ async fn every_acknowledged_message_survives_a_power_cut_mid_burst() {
     disk.crash(broker);
 
     let broker = BrokerProcess::start(&disk.data());
-    let got = resume_and_read(broker.port, "phone", acked as usize).await;
-    for (i, p) in got.iter().enumerate() {
-        assert_eq!(
-            p.as_ref(),
-            &(i as u32).to_be_bytes(),
-            "message {i} in order"
-        );
-    }
+    expect_in_order(broker.port, acked).await;
 }
 
 #[tokio::test]
