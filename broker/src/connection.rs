@@ -759,42 +759,7 @@ impl<T: Transport> Conn<T> {
     async fn flush(&mut self) -> Result<(), Close> {
         if self.must_sync {
             // Boxed: the wait is large and most connections never do it.
-            let mut durable = Box::pin(self.broker.durable());
-            let mut woken = false;
-            let r = loop {
-                tokio::select! {
-                    r = &mut durable => break Ok(r),
-                    // A takeover must not wait behind a slow disk: the new
-                    // connection would time out and both would drain the
-                    // session.
-                    _ = self.session.notify.notified() => {
-                        if let Some(reply) = self.session.take_kick() {
-                            break Err(reply);
-                        }
-                        woken = true;
-                    }
-                }
-            };
-            drop(durable);
-            if woken {
-                // Deliveries, keep-alive expiry or shutdown: seen by the run
-                // loop's next turn.
-                self.session.notify.notify_one();
-            }
-            match r {
-                Err(reply) => {
-                    Box::pin(self.finish_takeover(reply)).await;
-                    return Err(Close {
-                        will: false,
-                        ..Close::dropped()
-                    });
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot acknowledge: sync failed");
-                    return Err(Close::error(DisconnectReasonCode::UnspecifiedError));
-                }
-                Ok(Ok(())) => {}
-            }
+            Box::pin(self.wait_durable()).await?;
             self.must_sync = false;
             self.unacked_in = 0;
             let held = std::mem::take(&mut self.held);
@@ -843,6 +808,47 @@ impl<T: Transport> Conn<T> {
         res.map_err(|_| Close::dropped())
     }
 
+    /// Waits until the held acknowledgements are durable, or a takeover
+    /// asks this connection to leave: a takeover must not wait behind a
+    /// slow disk (the new connection would time out, and both would drain
+    /// the session).
+    async fn wait_durable(&mut self) -> Result<(), Close> {
+        let mut woken = false;
+        let r = {
+            let mut durable = std::pin::pin!(self.broker.durable());
+            loop {
+                tokio::select! {
+                    r = &mut durable => break Ok(r),
+                    _ = self.session.notify.notified() => {
+                        if let Some(reply) = self.session.take_kick() {
+                            break Err(reply);
+                        }
+                        woken = true;
+                    }
+                }
+            }
+        };
+        if woken {
+            // Deliveries, keep-alive expiry or shutdown: seen by the run
+            // loop's next turn.
+            self.session.notify.notify_one();
+        }
+        match r {
+            Err(reply) => {
+                self.finish_takeover(reply).await;
+                Err(Close {
+                    will: false,
+                    ..Close::dropped()
+                })
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot acknowledge: sync failed");
+                Err(Close::error(DisconnectReasonCode::UnspecifiedError))
+            }
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
     /// Leaves for a takeover from the run loop.
     async fn taken_over(&mut self, reply: Kick) -> Close {
         tracing::info!(client_id = %self.client.client_id, "session taken over");
@@ -886,7 +892,8 @@ impl<T: Transport> Conn<T> {
         // often gone, and a close handshake must not delay the takeover.
         let _ = reply.send(());
         self.t.close().await;
-        self.drain_input().await;
+        // Boxed: its timer would otherwise grow every connection's task.
+        Box::pin(self.drain_input()).await;
     }
 
     /// After a DISCONNECT and the write side's shutdown: reads and discards
@@ -1488,7 +1495,7 @@ impl<T: Transport> Conn<T> {
             cause,
         });
         if drain {
-            self.drain_input().await;
+            Box::pin(self.drain_input()).await;
         }
     }
 }
@@ -1560,9 +1567,9 @@ mod tests {
                 .unwrap();
             let f = super::serve(b, c, "127.0.0.1:1".parse().unwrap());
             let size = std::mem::size_of_val(&f);
-            // 272 bytes when written; the task around it rounds up to a
-            // multiple of 128.
-            assert!(size <= 320, "serve future is {size} bytes");
+            // 272 bytes. The task around it rounds up to a multiple of 128:
+            // at 296 bytes an idle connection measured 200 bytes more.
+            assert!(size <= 272, "serve future is {size} bytes");
         });
     }
 }
