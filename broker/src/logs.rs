@@ -92,11 +92,18 @@ pub enum Retention {
 /// A log's head as appends see it, uncommitted ones included.
 struct Head {
     last: u64,
+    /// Commits completed when it last changed: two commits later every
+    /// append it holds is in the store, so it may be dropped.
+    epoch: u64,
     /// The newest ids appended (committed or not), so a repeat is found
     /// before its original reaches the store.
     recent: HashMap<String, u64>,
     order: VecDeque<String>,
 }
+
+/// Heads kept in memory before the ones whose appends are all committed
+/// are dropped (they are read again from the store when needed).
+const MAX_HEADS: usize = 1 << 16;
 
 /// Most ids one log's head remembers; older ones are looked up in the store
 /// (committed by then: commits follow each other within milliseconds).
@@ -132,12 +139,17 @@ impl Logs {
     ) -> Result<Appended, LogError> {
         let time_ms = unix_ms();
         let mut heads = self.heads.lock();
+        if heads.len() >= MAX_HEADS && !heads.contains_key(log) {
+            let done = self.commit.syncs();
+            heads.retain(|_, h| h.epoch + 2 > done);
+        }
         let head = match heads.get_mut(log) {
             Some(h) => h,
             None => {
                 let last = self.store.log_last(log)?;
                 heads.entry(log.to_owned()).or_insert(Head {
                     last,
+                    epoch: 0,
                     recent: HashMap::new(),
                     order: VecDeque::new(),
                 })
@@ -193,6 +205,10 @@ impl Logs {
                 log: log.to_owned(),
                 records: fresh,
             });
+            // Read after journaling: the commit in progress took this
+            // append or the next one will, so two more completed commits
+            // have stored it.
+            head.epoch = self.commit.syncs();
         }
         Ok(Appended {
             seqs,

@@ -242,6 +242,39 @@ async fn records_cursors_and_ids_survive_a_restart() {
     }
 }
 
+#[tokio::test]
+async fn many_logs_stay_correct_when_their_heads_leave_memory() {
+    for (name, open) in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, gc) = logs_on(open(dir.path()));
+        // More logs than the heads kept in memory.
+        for i in 0..66_000u32 {
+            logs.append(&format!("conv/{i}"), vec![rec(Some("first"), "x")], None)
+                .unwrap();
+        }
+        gc.durable().await.unwrap();
+        gc.durable().await.unwrap();
+        gc.durable().await.unwrap();
+        // A new log: the committed heads make room for it.
+        logs.append("conv/new", vec![rec(None, "z")], None).unwrap();
+        for i in [0u32, 1, 65_999] {
+            let log = format!("conv/{i}");
+            let again = logs
+                .append(
+                    &log,
+                    vec![rec(Some("first"), "x"), rec(Some("second"), "y")],
+                    Some(1),
+                )
+                .unwrap();
+            assert_eq!(
+                (again.seqs.clone(), again.duplicates),
+                (vec![1, 2], 1),
+                "{name} {log}"
+            );
+        }
+    }
+}
+
 /// Not a test of its own: the writer process of the two tests below, run
 /// by them as a child (`--ignored --exact`). Appends one record at a time,
 /// waits until it is durable, and prints its sequence number.
