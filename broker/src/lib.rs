@@ -16,6 +16,7 @@ pub mod broker;
 pub mod codec;
 pub mod commit;
 pub mod config;
+pub mod config_hooks;
 pub mod connection;
 mod data_dir;
 pub mod feed;
