@@ -2,7 +2,7 @@
 //! attaching sessions, routing publishes, subscribing, and ending sessions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,13 +65,28 @@ pub struct SessionHandle {
     pub(crate) seen_ms: AtomicU64,
     /// The attachment generation whose keep-alive ran out.
     pub(crate) expired_generation: AtomicU64,
-    /// The attachment generation whose credential expired.
-    pub(crate) credential_expired: AtomicU64,
+    /// Why `expired_generation` ended: [`EXPIRED_KEEPALIVE`] or
+    /// [`EXPIRED_CREDENTIAL`] (written before it).
+    pub(crate) expired_cause: AtomicU8,
     /// A takeover waiting for the attached connection to leave; signalled
     /// through `notify`, so a connection needs no channel of its own.
     kick: Mutex<Option<Kick>>,
     kicking: AtomicBool,
     will: Mutex<Option<Box<PendingWill>>>,
+}
+
+/// The attached connection went silent past its keep-alive.
+pub(crate) const EXPIRED_KEEPALIVE: u8 = 0;
+/// The attached connection's credential expired.
+pub(crate) const EXPIRED_CREDENTIAL: u8 = 1;
+
+impl SessionHandle {
+    /// Ends the connection of `generation` for `cause`; it sees the flag
+    /// when woken.
+    pub(crate) fn expire(&self, generation: u64, cause: u8) {
+        self.expired_cause.store(cause, Ordering::Release);
+        self.expired_generation.store(generation, Ordering::Release);
+    }
 }
 
 /// Shared reference to a session.
@@ -116,7 +131,7 @@ impl SessionHandle {
             throttling: AtomicBool::new(false),
             seen_ms: AtomicU64::new(0),
             expired_generation: AtomicU64::new(0),
-            credential_expired: AtomicU64::new(0),
+            expired_cause: AtomicU8::new(EXPIRED_KEEPALIVE),
             kick: Mutex::new(None),
             kicking: AtomicBool::new(false),
             will: Mutex::new(None),
@@ -722,8 +737,7 @@ impl Broker {
                         s.online && s.generation == due.generation
                     };
                     if online {
-                        h.credential_expired
-                            .store(due.generation, Ordering::Release);
+                        h.expire(due.generation, EXPIRED_CREDENTIAL);
                         h.notify.notify_one();
                     }
                 }

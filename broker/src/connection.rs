@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Kick, SessionRef};
+use crate::broker::{Broker, Kick, SessionRef, EXPIRED_CREDENTIAL};
 use crate::codec::{self, *};
 use crate::feed::DisconnectCause;
 use crate::hooks::{AuthDecision, ClientInfo, Event, SubscribeDecision};
@@ -694,28 +694,25 @@ impl<T: Transport> Conn<T> {
             if let Some(reply) = self.session.take_kick() {
                 return self.taken_over(reply).await;
             }
-            if self.session.state.lock().generation != self.generation {
+            if self.session.expired_generation.load(Ordering::Acquire) == self.generation {
+                if self.session.expired_cause.load(Ordering::Acquire) == EXPIRED_CREDENTIAL {
+                    tracing::info!(client_id = %self.client.client_id, "credential expired");
+                    return Close {
+                        why: Some("credential expired".into()),
+                        ..Close::error(DisconnectReasonCode::NotAuthorized)
+                    };
+                }
+                Metrics::inc(&self.broker.metrics.keepalive_timeouts);
+                tracing::info!(client_id = %self.client.client_id, "keep-alive timeout");
+                return Close::error(DisconnectReasonCode::KeepAliveTimeout);
+            }
+            let Some(more) = self.pump() else {
                 // A takeover went ahead without this connection's answer.
                 return Close {
                     will: false,
                     ..Close::error(DisconnectReasonCode::SessionTakenOver)
                 };
-            }
-            if self.session.credential_expired.load(Ordering::Acquire) == self.generation {
-                tracing::info!(client_id = %self.client.client_id, "credential expired");
-                return Close {
-                    why: Some("credential expired".into()),
-                    ..Close::error(DisconnectReasonCode::NotAuthorized)
-                };
-            }
-            if self.keep_alive
-                && self.session.expired_generation.load(Ordering::Acquire) == self.generation
-            {
-                Metrics::inc(&self.broker.metrics.keepalive_timeouts);
-                tracing::info!(client_id = %self.client.client_id, "keep-alive timeout");
-                return Close::error(DisconnectReasonCode::KeepAliveTimeout);
-            }
-            let more = self.pump();
+            };
             if let Err(c) = self.flush().await {
                 return c;
             }
@@ -768,7 +765,8 @@ impl<T: Transport> Conn<T> {
                 self.broker
                     .deliver_retained(&self.session, msgs, granted, id);
             }
-            self.pump();
+            // A takeover found here is acted on at the run loop's next turn.
+            let _ = self.pump();
         } else {
             self.unacked_in = 0;
         }
@@ -916,8 +914,9 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Moves deliveries from the session into the output buffer. Returns
-    /// true if it stopped early with more to send.
-    fn pump(&mut self) -> bool {
+    /// true if it stopped early with more to send, `None` if another
+    /// connection has taken the session over.
+    fn pump(&mut self) -> Option<bool> {
         const BATCH: usize = 64 * 1024;
         let now = unix_now();
         let low = self.broker.config.limits.throttle_backlog / 2;
@@ -930,10 +929,9 @@ impl<T: Transport> Conn<T> {
                 // Another connection has the session now (a takeover that
                 // timed out on this one): this one must not drain it.
                 if s.generation != self.generation {
-                    None
-                } else {
-                    s.next(self.max_inflight_out, now)
+                    return None;
                 }
+                s.next(self.max_inflight_out, now)
             };
             let Some(n) = next else { break false };
             self.emit_next(n);
@@ -946,7 +944,7 @@ impl<T: Transport> Conn<T> {
             let queued = self.session.state.lock().queued();
             self.session.maybe_drained(queued, low);
         }
-        more
+        Some(more)
     }
 
     fn emit_next(&mut self, n: Next) {

@@ -127,7 +127,7 @@ impl Watchdog {
             }
             let seen = h.seen_ms.load(Ordering::Acquire);
             if now.saturating_sub(seen) > w.limit_ms {
-                h.expired_generation.store(w.generation, Ordering::Release);
+                h.expire(w.generation, crate::broker::EXPIRED_KEEPALIVE);
                 h.notify.notify_one();
                 expired.push(id);
                 timed_out += 1;

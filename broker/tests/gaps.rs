@@ -167,30 +167,8 @@ async fn message_is_stored_once_and_deleted_when_no_session_needs_it() {
     use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // sled releases its file lock a little after the last handle drops
-    // (deferred reclamation), so a restart in the same process retries.
-    let start = |data: std::path::PathBuf| async move {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let mut cfg = Config {
-                    data_dir: data.clone(),
-                    ..Config::default()
-                };
-                cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
-                match courier::Server::start(cfg).await {
-                    Ok(s) => return s,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        })
-        .await
-        .expect("broker starts once the store is released")
-    };
-    let mut server = start(data.clone()).await;
-    let port = server
-        .addr(courier::config::ListenerKind::Tcp)
-        .unwrap()
-        .port();
+    let mut server = start_on(&data).await;
+    let port = tcp_port(&server);
     for id in ["phone", "tablet"] {
         subscribe_and_leave(&opts(id, port), "family/chat").await;
     }
@@ -218,11 +196,8 @@ async fn message_is_stored_once_and_deleted_when_no_session_needs_it() {
     };
 
     // Both devices come back and acknowledge: the body is no longer needed.
-    let mut server = start(data.clone()).await;
-    let port = server
-        .addr(courier::config::ListenerKind::Tcp)
-        .unwrap()
-        .port();
+    let mut server = start_on(&data).await;
+    let port = tcp_port(&server);
     for id in ["phone", "tablet"] {
         let mut o = opts(id, port);
         o.set_clean_session(false);

@@ -116,30 +116,6 @@ async fn a_disconnect_that_sets_expiry_zero_ends_the_session_on_disk() {
     );
 }
 
-/// Starts an in-process broker on `data`, retrying while a stopped one in
-/// this process still holds the store.
-async fn start_on(data: &std::path::Path) -> courier::Server {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let mut cfg = courier::Config {
-                data_dir: data.to_owned(),
-                ..courier::Config::default()
-            };
-            cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
-            match courier::Server::start(cfg).await {
-                Ok(s) => return s,
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await
-    .expect("broker starts once the store is released")
-}
-
-fn port_of(s: &courier::Server) -> u16 {
-    s.addr(courier::config::ListenerKind::Tcp).unwrap().port()
-}
-
 /// Connects `id` with `connect`, optionally subscribes, and leaves with a
 /// normal DISCONNECT, waiting until the broker has closed the connection.
 async fn visit(port: u16, connect: Packet, filter: Option<&str>) {
@@ -174,7 +150,7 @@ async fn a_stale_expiry_timer_leaves_the_newer_session_on_disk_alone() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = start_on(&data).await;
-    let port = port_of(&server);
+    let port = tcp_port(&server);
     // The phone's first session expires in 1 s ...
     visit(port, persistent("phone", true, 1), Some("old")).await;
     // ... a probe's session too, a little later ...
@@ -196,7 +172,7 @@ async fn a_stale_expiry_timer_leaves_the_newer_session_on_disk_alone() {
     drop((server, b));
 
     let server = start_on(&data).await;
-    let mut r = Raw::connect(addr(port_of(&server)), true).await;
+    let mut r = Raw::connect(addr(tcp_port(&server)), true).await;
     r.send(persistent("phone", false, 3600)).await;
     assert!(session_present(&r.next().await), "the hour-long session");
     assert_eq!(next_publish(&mut r).await.payload, Bytes::from("kept"));
@@ -206,7 +182,7 @@ async fn a_stale_expiry_timer_leaves_the_newer_session_on_disk_alone() {
 async fn a_phone_that_reconnects_again_and_again_leaves_one_timer() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_on(&dir.path().join("data")).await;
-    let port = port_of(&server);
+    let port = tcp_port(&server);
     let week = 7 * 24 * 3600;
     for _ in 0..50 {
         visit(port, persistent("phone", false, week), None).await;

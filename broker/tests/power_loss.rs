@@ -69,6 +69,27 @@ async fn expect_in_order(port: u16, n: u32) {
     }
 }
 
+/// Sets the retained message of `config/theme`, acknowledged.
+async fn set_theme(port: u16, theme: &'static str) {
+    use common::v4::*;
+    let (publ, mut pel) = client(opts("pub", port));
+    publ.publish("config/theme", QoS::AtLeastOnce, true, theme)
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+}
+
+/// The retained message of `config/theme`, as a new subscriber gets it.
+async fn theme(port: u16) -> Bytes {
+    use common::v4::*;
+    let (sub, mut sel) = client(opts("sub", port));
+    connack(&mut sel).await;
+    sub.subscribe("config/#", QoS::AtLeastOnce).await.unwrap();
+    let p = publish(&mut sel).await;
+    assert!(p.retain);
+    p.payload
+}
+
 /// A 5.0 QoS 1 PUBLISH with packet id `pkid`.
 fn publish5(topic: &str, payload: &'static str, pkid: u16) -> rumqttc::v5::mqttbytes::v5::Packet {
     use rumqttc::v5::mqttbytes::{v5, QoS};
@@ -143,23 +164,13 @@ async fn every_acknowledged_message_survives_a_power_cut_mid_burst() {
 
 #[tokio::test]
 async fn a_retained_message_survives_a_power_cut() {
-    use common::v4::*;
     let mut disk = Disk::new();
     let broker = BrokerProcess::start(&disk.data());
-    let (publ, mut pel) = client(opts("pub", broker.port));
-    publ.publish("config/theme", QoS::AtLeastOnce, true, "dark")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
+    set_theme(broker.port, "dark").await;
     disk.crash(broker);
 
     let broker = BrokerProcess::start(&disk.data());
-    let (sub, mut sel) = client(opts("sub", broker.port));
-    connack(&mut sel).await;
-    sub.subscribe("config/#", QoS::AtLeastOnce).await.unwrap();
-    let p = publish(&mut sel).await;
-    assert_eq!(p.payload, Bytes::from("dark"));
-    assert!(p.retain);
+    assert_eq!(theme(broker.port).await, Bytes::from("dark"));
 }
 
 #[tokio::test]
@@ -187,7 +198,6 @@ async fn a_large_message_survives_a_power_cut() {
 
 #[tokio::test]
 async fn a_power_cut_right_after_the_first_start_leaves_a_working_store() {
-    use common::v4::*;
     let mut disk = Disk::new();
     let broker = BrokerProcess::start(&disk.data());
     disk.crash(broker);
@@ -195,17 +205,10 @@ async fn a_power_cut_right_after_the_first_start_leaves_a_working_store() {
     // The broker starts on a valid store (empty: nothing was acknowledged)
     // and keeps what it acknowledges from then on.
     let broker = BrokerProcess::start(&disk.data());
-    let (publ, mut pel) = client(opts("pub", broker.port));
-    publ.publish("config/theme", QoS::AtLeastOnce, true, "light")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
+    set_theme(broker.port, "light").await;
     disk.crash(broker);
     let broker = BrokerProcess::start(&disk.data());
-    let (sub, mut sel) = client(opts("sub", broker.port));
-    connack(&mut sel).await;
-    sub.subscribe("config/#", QoS::AtLeastOnce).await.unwrap();
-    assert_eq!(publish(&mut sel).await.payload, Bytes::from("light"));
+    assert_eq!(theme(broker.port).await, Bytes::from("light"));
 }
 
 /// How the broker answered a QoS 1 PUBLISH.

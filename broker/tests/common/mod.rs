@@ -50,6 +50,31 @@ impl TestBroker {
     }
 }
 
+/// Starts an in-process broker on `data`, retrying while a stopped one in
+/// this process (its last connection tasks) still holds the store's lock.
+pub async fn start_on(data: &Path) -> Server {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let mut cfg = Config {
+                data_dir: data.to_owned(),
+                ..Config::default()
+            };
+            cfg.listeners = vec![listener(ListenerKind::Tcp)];
+            match Server::start(cfg).await {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("broker starts once the store is released")
+}
+
+/// The TCP port of an in-process server.
+pub fn tcp_port(s: &Server) -> u16 {
+    s.addr(ListenerKind::Tcp).expect("tcp listener").port()
+}
+
 pub fn listener(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig {
         kind,
