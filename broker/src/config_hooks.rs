@@ -3,12 +3,16 @@
 
 use crate::acl::{Acl, Action};
 use crate::auth::PasswordFile;
-use crate::hooks::{AuthDecision, ClientInfo, Hooks, SubscribeDecision};
+use std::sync::Arc;
+
+use crate::hooks::{
+    self, AuthDecision, AuthRequest, ClientInfo, HookFuture, Hooks, SubscribeDecision,
+};
 
 /// The hooks built from the configuration: password file and ACL rules.
 pub struct ConfigHooks {
     allow_anonymous: bool,
-    passwords: Option<PasswordFile>,
+    passwords: Option<Arc<PasswordFile>>,
     acl: Acl,
 }
 
@@ -17,38 +21,37 @@ impl ConfigHooks {
     pub fn new(allow_anonymous: bool, passwords: Option<PasswordFile>, acl: Acl) -> Self {
         ConfigHooks {
             allow_anonymous,
-            passwords,
+            passwords: passwords.map(Arc::new),
             acl,
         }
     }
 }
 
 impl Hooks for ConfigHooks {
-    fn authenticate(
-        &self,
-        _client_id: &str,
-        username: Option<&str>,
-        password: Option<&[u8]>,
-    ) -> AuthDecision {
-        match (username, &self.passwords) {
+    fn authenticate<'a>(&'a self, req: AuthRequest<'a>) -> HookFuture<'a, AuthDecision> {
+        let decision = match (req.username, &self.passwords) {
             (None, _) if self.allow_anonymous => AuthDecision::Allow,
             (None, _) => AuthDecision::NotAuthorized,
             // Without a password file a username is just a name.
             (Some(_), None) if self.allow_anonymous => AuthDecision::Allow,
             (Some(_), None) => AuthDecision::BadCredentials,
             (Some(u), Some(pf)) => {
-                if pf.verify(u, password.unwrap_or_default()) {
-                    AuthDecision::Allow
-                } else {
-                    AuthDecision::BadCredentials
-                }
+                // PBKDF2 is slow by design: on a blocking thread.
+                let (pf, user) = (pf.clone(), u.to_owned());
+                let password = req.password.unwrap_or_default().to_vec();
+                return Box::pin(async move {
+                    let ok = tokio::task::spawn_blocking(move || pf.verify(&user, &password))
+                        .await
+                        .unwrap_or(false);
+                    if ok {
+                        AuthDecision::Allow
+                    } else {
+                        AuthDecision::BadCredentials
+                    }
+                });
             }
-        }
-    }
-
-    fn blocking_auth(&self) -> bool {
-        // Only password verification (PBKDF2) is slow.
-        self.passwords.is_some()
+        };
+        hooks::ready(decision)
     }
 
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {

@@ -12,24 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::hooks::ClientInfo;
-
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectCause {
-    /// The client sent DISCONNECT.
-    ClientDisconnected,
-    /// The connection closed or failed without DISCONNECT.
-    Dropped,
-    /// The client went silent past its keep-alive.
-    KeepAliveTimeout,
-    /// Another connection took the session over.
-    TakenOver,
-    /// The broker is shutting down.
-    ServerShutdown,
-    /// The broker closed it: a protocol violation, a limit, or an expired
-    /// credential.
-    Closed,
-}
+pub use crate::hooks::DisconnectCause;
 
 /// The latest state of one client, as a feed reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,9 @@
 //! bridge): decide on authentication and authorization, and learn when
 //! clients connect, drop, and have messages queued while offline.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// Who a connected client is.
@@ -59,21 +62,35 @@ pub enum SubscribeDecision {
     Filter,
 }
 
+/// A hook's answer that may take time (a token check against a database
+/// or a cache): the connection's task awaits it without blocking a thread
+/// or holding a lock.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An answer that is ready at once, for hooks that decide in memory.
+pub fn ready<'a, T: Send + 'a>(value: T) -> HookFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+/// What a CONNECT presents for authentication.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    /// Client identifier (assigned by the broker if the client sent none).
+    pub client_id: &'a str,
+    /// Username from CONNECT.
+    pub username: Option<&'a str>,
+    /// Password from CONNECT (an access token, for the messaging layer).
+    pub password: Option<&'a [u8]>,
+    /// The client's address, for slowing down repeated failures.
+    pub peer: SocketAddr,
+}
+
 /// Decisions the broker asks of its embedder. Called on connection tasks;
-/// `authenticate` runs on a blocking thread, so it may be slow.
+/// `authenticate` is asynchronous, so it may consult a database or run slow
+/// hashing on a blocking thread (the configured password file does).
 pub trait Hooks: Send + Sync + 'static {
     /// Decides whether a CONNECT is accepted.
-    fn authenticate(
-        &self,
-        client_id: &str,
-        username: Option<&str>,
-        password: Option<&[u8]>,
-    ) -> AuthDecision;
-    /// True if `authenticate` may block (slow hashing, I/O): it then runs on
-    /// a blocking thread. The default is the safe choice.
-    fn blocking_auth(&self) -> bool {
-        true
-    }
+    fn authenticate<'a>(&'a self, req: AuthRequest<'a>) -> HookFuture<'a, AuthDecision>;
     /// May `client` publish to `topic`?
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool;
     /// May `client` subscribe to `filter`?
@@ -103,7 +120,7 @@ pub enum Event {
         /// It sent DISCONNECT (false: dropped, timed out, taken over, refused).
         graceful: bool,
         /// Why it ended.
-        cause: crate::feed::DisconnectCause,
+        cause: DisconnectCause,
     },
     /// A message was queued for a session with no connection attached.
     QueuedOffline {
@@ -114,4 +131,22 @@ pub enum Event {
         /// Messages now queued for it.
         queued: usize,
     },
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectCause {
+    /// The client sent DISCONNECT.
+    ClientDisconnected,
+    /// The connection closed or failed without DISCONNECT.
+    Dropped,
+    /// The client went silent past its keep-alive.
+    KeepAliveTimeout,
+    /// Another connection took the session over.
+    TakenOver,
+    /// The broker is shutting down.
+    ServerShutdown,
+    /// The broker closed it: a protocol violation, a limit, or an expired
+    /// credential.
+    Closed,
 }

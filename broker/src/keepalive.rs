@@ -11,32 +11,49 @@
 //! (its slot keeps only an 8-byte id until that slot comes due).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use crate::broker::{SessionHandle, SessionRef};
+/// What the watchdog needs of a watched session (the broker's session
+/// handle; a trait so that this module knows nothing of the broker).
+pub(crate) trait Watchable: Send + Sync {
+    /// The connection of `generation` is the one attached now.
+    fn attached(&self, generation: u64) -> bool;
+    /// When its connection last heard from the client (watchdog clock).
+    fn seen_ms(&self) -> &AtomicU64;
+    /// Its connection of `generation` went silent: mark it and wake it.
+    fn time_out(&self, generation: u64);
+}
 
 /// One watched connection: its session and attachment generation.
-#[derive(Clone)]
-struct Watched {
-    session: Weak<SessionHandle>,
+struct Watched<S> {
+    session: Weak<S>,
     generation: u64,
     limit_ms: u64,
 }
 
-#[derive(Default)]
-struct Wheel {
+impl<S> Clone for Watched<S> {
+    fn clone(&self) -> Self {
+        Watched {
+            session: self.session.clone(),
+            generation: self.generation,
+            limit_ms: self.limit_ms,
+        }
+    }
+}
+
+struct Wheel<S> {
     next_id: u64,
-    watched: FxHashMap<u64, Watched>,
+    watched: FxHashMap<u64, Watched<S>>,
     /// Watch ids by the second after their deadline.
     slots: BTreeMap<u64, Vec<u64>>,
 }
 
-impl Wheel {
+impl<S> Wheel<S> {
     fn schedule(&mut self, id: u64, deadline_ms: u64) {
         // The slot after the deadline's second: never checked early.
         self.slots
@@ -47,21 +64,25 @@ impl Wheel {
 }
 
 /// The wheel of watched connections.
-pub struct Watchdog {
+pub struct Watchdog<S> {
     start: Instant,
-    wheel: Mutex<Wheel>,
+    wheel: Mutex<Wheel<S>>,
 }
 
-impl Default for Watchdog {
+impl<S> Default for Watchdog<S> {
     fn default() -> Self {
         Watchdog {
             start: Instant::now(),
-            wheel: Mutex::default(),
+            wheel: Mutex::new(Wheel {
+                next_id: 0,
+                watched: FxHashMap::default(),
+                slots: BTreeMap::new(),
+            }),
         }
     }
 }
 
-impl Watchdog {
+impl<S: Watchable> Watchdog<S> {
     /// Milliseconds since the watchdog started (the clock of `seen_ms`).
     pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
@@ -70,9 +91,9 @@ impl Watchdog {
     /// Starts watching `session`'s connection of `generation`, which must
     /// hear from its client at least every `limit`. Returns the id to
     /// [`Watchdog::unwatch`] it with.
-    pub fn watch(&self, session: &SessionRef, generation: u64, limit: Duration) -> u64 {
+    pub fn watch(&self, session: &Arc<S>, generation: u64, limit: Duration) -> u64 {
         let now = self.now_ms();
-        session.seen_ms.store(now, Ordering::Release);
+        session.seen_ms().store(now, Ordering::Release);
         let limit_ms = limit.as_millis() as u64;
         let mut w = self.wheel.lock();
         w.next_id += 1;
@@ -101,7 +122,7 @@ impl Watchdog {
 
     fn check(&self, now: u64) -> usize {
         // Collect under the lock, look at sessions without it.
-        let due: Vec<(u64, Watched)> = {
+        let due: Vec<(u64, Watched<S>)> = {
             let mut w = self.wheel.lock();
             let later = w.slots.split_off(&(now / 1000 + 1));
             let ids = std::mem::replace(&mut w.slots, later);
@@ -118,17 +139,13 @@ impl Watchdog {
                 expired.push(id);
                 continue;
             };
-            {
-                let s = h.state.lock();
-                if !s.online || s.generation != w.generation {
-                    expired.push(id); // that connection is gone
-                    continue;
-                }
+            if !h.attached(w.generation) {
+                expired.push(id); // that connection is gone
+                continue;
             }
-            let seen = h.seen_ms.load(Ordering::Acquire);
+            let seen = h.seen_ms().load(Ordering::Acquire);
             if now.saturating_sub(seen) > w.limit_ms {
-                h.expire(w.generation, crate::broker::EXPIRED_KEEPALIVE);
-                h.notify.notify_one();
+                h.time_out(w.generation);
                 expired.push(id);
                 timed_out += 1;
             } else {
@@ -148,11 +165,13 @@ impl Watchdog {
     }
 
     /// Connections being watched.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.wheel.lock().watched.len()
     }
 
     /// True if no connection is watched.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -161,21 +180,28 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{Session, SessionLimits};
 
-    fn handle() -> SessionRef {
-        let limits = SessionLimits {
-            max_messages: 10,
-            max_bytes: 1000,
-        };
-        let h = SessionHandle::new(Session::new("c".into(), 1, 0, limits));
-        // Attached once: generation 1.
-        {
-            let mut s = h.state.lock();
-            s.online = true;
-            s.generation = 1;
+    /// A session attached at generation 1.
+    #[derive(Default)]
+    struct Fake {
+        seen_ms: AtomicU64,
+        expired_generation: AtomicU64,
+    }
+
+    impl Watchable for Fake {
+        fn attached(&self, generation: u64) -> bool {
+            generation == 1
         }
-        h
+        fn seen_ms(&self) -> &AtomicU64 {
+            &self.seen_ms
+        }
+        fn time_out(&self, generation: u64) {
+            self.expired_generation.store(generation, Ordering::Release);
+        }
+    }
+
+    fn handle() -> Arc<Fake> {
+        Arc::default()
     }
 
     #[test]
@@ -187,10 +213,10 @@ mod tests {
         dog.watch(&busy, 1, second);
         dog.watch(&stale, 7, second); // a generation that is no longer attached
         for h in [&quiet, &busy, &stale] {
-            h.seen_ms.store(0, Ordering::Release);
+            h.seen_ms().store(0, Ordering::Release);
         }
         assert_eq!(dog.check(1_500), 0, "nothing is due before its slot");
-        busy.seen_ms.store(2_500, Ordering::Release);
+        busy.seen_ms().store(2_500, Ordering::Release);
         assert_eq!(dog.check(2_600), 1, "quiet times out");
         assert_eq!(quiet.expired_generation.load(Ordering::Acquire), 1);
         assert_eq!(busy.expired_generation.load(Ordering::Acquire), 0);

@@ -1,38 +1,58 @@
 //! Courier: a durable MQTT 3.1.1 and 5.0 broker for mobile messaging.
 //!
-//! Start with [`Server::start`]. The path of a message: [`listener`] accepts
-//! a socket, [`connection`] frames it with [`codec`] and drives the
-//! client's [`session`]; a PUBLISH goes to [`Broker::publish`], which asks the
-//! [`router`] who is subscribed, queues a delivery in each session (writing
-//! it to the [`store`] if the session is persistent) and wakes their
-//! connections; the publisher's acknowledgement waits for the [`commit`]
-//! (group fsync). See docs/ARCHITECTURE.md.
+//! Start with [`Server::start`], or [`Server::builder`] to bring your own
+//! [`Hooks`] (asynchronous authentication naming a [`hooks::Principal`],
+//! authorization), [`store::Store`], and [`namespace::Namespace`] handlers
+//! that own a topic prefix. In-process code reaches a running broker
+//! through [`Broker::deliver`] and [`Broker::publish_tracked`] (with a
+//! [`tracker::Tracker`] told how each delivery ended), [`Broker::link`]
+//! (a session without a socket), [`Broker::logs`] (named durable logs) and
+//! [`Broker::feed`] (lossless lifecycle). The path of a message: a listener
+//! accepts a socket, a connection frames it and drives the client's
+//! session; a PUBLISH goes to its namespace's handler or to
+//! [`Broker::publish`], which finds who is subscribed, queues a delivery
+//! in each session (writing it to the store if the session is persistent)
+//! and wakes their connections; the publisher's acknowledgement waits for
+//! the [`commit`] (group fsync). See docs/ARCHITECTURE.md.
 
 #![warn(missing_docs)]
 
-pub mod acl;
+// The embedder's API.
 pub mod auth;
 pub mod broker;
-pub mod codec;
 pub mod commit;
 pub mod config;
-pub mod config_hooks;
-pub mod connection;
-mod data_dir;
 pub mod feed;
 pub mod hooks;
-pub mod keepalive;
-pub mod listener;
+pub mod link;
 pub mod logs;
 pub mod message;
 pub mod metrics;
+pub mod namespace;
 pub mod redb_store;
-pub mod router;
 pub mod server;
-pub mod session;
 pub mod store;
-mod timers;
 pub mod topic;
+pub mod tracker;
+
+// Internals. Public only for the fuzz targets, the micro-benchmarks and
+// the session model test; not part of the API.
+#[doc(hidden)]
+pub mod codec;
+#[doc(hidden)]
+pub mod connection;
+#[doc(hidden)]
+pub mod router;
+#[doc(hidden)]
+pub mod session;
+
+mod acks;
+mod acl;
+mod config_hooks;
+mod data_dir;
+mod keepalive;
+mod listener;
+mod timers;
 
 pub use broker::Broker;
 pub use config::Config;

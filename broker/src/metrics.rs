@@ -51,6 +51,10 @@ counters! {
     sessions_expired,
     /// Store errors.
     store_errors,
+    /// Publishes handed to a namespace handler.
+    namespace_publishes,
+    /// Namespace publishes the handler refused.
+    namespace_refused,
     /// Failed accepts (usually the open-file limit reached).
     accept_errors,
 }

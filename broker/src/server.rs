@@ -7,7 +7,9 @@ use crate::broker::{Broker, BrokerError};
 use crate::commit::SyncFailed;
 use crate::config::{Config, ConfigError, ListenerKind};
 use crate::hooks::Hooks;
-use crate::listener::{self, ListenerError};
+use crate::listener;
+pub use crate::listener::ListenerError;
+use crate::namespace::{Namespace, NamespaceError};
 use crate::redb_store::RedbStore;
 use crate::store::Store;
 
@@ -23,6 +25,9 @@ pub enum ServerError {
     /// A listener could not start.
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    /// A namespace could not be claimed.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
 }
 
 /// Chooses the parts of a [`Server`]; whatever is not given is built from
@@ -31,6 +36,7 @@ pub struct ServerBuilder {
     config: Config,
     hooks: Option<Arc<dyn Hooks>>,
     store: Option<Arc<dyn Store>>,
+    namespaces: Vec<(String, Arc<dyn Namespace>)>,
 }
 
 impl ServerBuilder {
@@ -47,6 +53,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Hands the topics at and below `prefix` to `handler` (see
+    /// [`Namespace`]), before any client can connect.
+    pub fn namespace(mut self, prefix: &str, handler: Arc<dyn Namespace>) -> Self {
+        self.namespaces.push((prefix.to_owned(), handler));
+        self
+    }
+
     /// Opens what was not given, restores the store and starts every
     /// configured listener.
     pub async fn start(self) -> Result<Server, ServerError> {
@@ -60,6 +73,9 @@ impl ServerBuilder {
             None => RedbStore::open(&self.config.data_dir).map_err(BrokerError::from)?,
         };
         let broker = Broker::open_with(self.config, hooks, store)?;
+        for (prefix, handler) in self.namespaces {
+            broker.claim_namespace(&prefix, handler)?;
+        }
         Server::with_broker(broker).await
     }
 }
@@ -95,6 +111,7 @@ impl Server {
             config,
             hooks: None,
             store: None,
+            namespaces: Vec::new(),
         }
     }
 

@@ -14,6 +14,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::message::Message;
 use crate::router::SubOptions;
 use crate::store::LogId;
+use crate::tracker::Tracker;
 
 /// The packet id a delivery is sent with, derived from its position in the
 /// log: after a restart the same id is used again without having been
@@ -39,6 +40,8 @@ pub struct Delivery {
     pub retain: bool,
     /// Matching subscription identifiers (5.0).
     pub sub_ids: Vec<u32>,
+    /// Told how the delivery ended (in memory only; `None` after a restart).
+    pub tracker: Option<Tracker>,
 }
 
 /// A QoS 1/2 message sent and not yet fully acknowledged.
@@ -396,13 +399,24 @@ impl Session {
     }
 
     /// Drops undeliverable QoS 0 entries when the connection goes away;
-    /// they are never queued for an offline session.
-    pub fn drop_qos0(&mut self) {
+    /// they are never queued for an offline session. Returns the dropped
+    /// ones that carry a tracker.
+    pub fn drop_qos0(&mut self) -> Vec<Delivery> {
+        let mut tracked = Vec::new();
         let before = self.queue.len();
-        self.queue.retain(|d| d.qos > 0);
+        self.queue.retain_mut(|d| {
+            if d.qos > 0 {
+                return true;
+            }
+            if d.tracker.is_some() {
+                tracked.push(d.clone());
+            }
+            false
+        });
         if self.queue.len() != before {
             self.queued_bytes = self.queue.iter().map(|d| d.msg.cost()).sum();
         }
+        tracked
     }
 }
 
@@ -443,6 +457,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            tracker: None,
         }
     }
 

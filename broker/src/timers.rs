@@ -14,8 +14,6 @@ use std::sync::Weak;
 
 use parking_lot::Mutex;
 
-use crate::broker::SessionHandle;
-
 /// Identifies a scheduled timer: its deadline and a unique number.
 pub(crate) type TimerKey = (u64, u64);
 
@@ -30,33 +28,43 @@ pub(crate) enum Kind {
     Credential,
 }
 
-/// A timer that came due.
-pub(crate) struct Due {
+/// A timer that came due, for a session of type `S` (the broker's
+/// session handle; generic so that this queue knows nothing of it).
+pub(crate) struct Due<S> {
     pub kind: Kind,
-    pub session: Weak<SessionHandle>,
+    pub session: Weak<S>,
     pub generation: u64,
 }
 
-#[derive(Default)]
-struct Queue {
+struct Queue<S> {
     next: u64,
-    timers: BTreeMap<TimerKey, Due>,
+    timers: BTreeMap<TimerKey, Due<S>>,
 }
 
 /// The queue of pending timers.
-#[derive(Default)]
-pub(crate) struct Timers {
-    q: Mutex<Queue>,
+pub(crate) struct Timers<S> {
+    q: Mutex<Queue<S>>,
 }
 
-impl Timers {
+impl<S> Default for Timers<S> {
+    fn default() -> Self {
+        Timers {
+            q: Mutex::new(Queue {
+                next: 0,
+                timers: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+impl<S> Timers<S> {
     /// Schedules `kind` for `session` (at `generation`) at `deadline_ms`,
     /// replacing the timer `replacing` if given. Returns its key.
     pub fn schedule(
         &self,
         deadline_ms: u64,
         kind: Kind,
-        session: Weak<SessionHandle>,
+        session: Weak<S>,
         generation: u64,
         replacing: Option<TimerKey>,
     ) -> TimerKey {
@@ -83,7 +91,7 @@ impl Timers {
     }
 
     /// Takes every timer due at `now_ms`, earliest first.
-    pub fn due(&self, now_ms: u64) -> Vec<Due> {
+    pub fn due(&self, now_ms: u64) -> Vec<Due<S>> {
         let mut q = self.q.lock();
         let later = q.timers.split_off(&(now_ms.saturating_add(1), 0));
         std::mem::replace(&mut q.timers, later)
@@ -101,13 +109,13 @@ impl Timers {
 mod tests {
     use super::*;
 
-    fn kinds(d: &[Due]) -> Vec<(Kind, u64)> {
+    fn kinds(d: &[Due<()>]) -> Vec<(Kind, u64)> {
         d.iter().map(|d| (d.kind, d.generation)).collect()
     }
 
     #[test]
     fn fires_in_deadline_order_never_early() {
-        let t = Timers::default();
+        let t = Timers::<()>::default();
         t.schedule(2_000, Kind::Will, Weak::new(), 2, None);
         t.schedule(1_000, Kind::Expiry, Weak::new(), 1, None);
         t.schedule(3_000, Kind::Expiry, Weak::new(), 3, None);
@@ -119,7 +127,7 @@ mod tests {
 
     #[test]
     fn rescheduling_replaces_and_cancel_removes() {
-        let t = Timers::default();
+        let t = Timers::<()>::default();
         let mut key = None;
         // A phone reconnecting again and again keeps one timer.
         for i in 0..1_000 {

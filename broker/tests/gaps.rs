@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use courier::config::Config;
-use courier::hooks::{AuthDecision, ClientInfo, Hooks, SubscribeDecision};
+use courier::hooks::{AuthDecision, AuthRequest, ClientInfo, HookFuture, Hooks, SubscribeDecision};
 use courier::redb_store::RedbStore;
 use courier::store::Store;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, Publish};
@@ -86,14 +86,11 @@ async fn server_keep_alive_is_announced_and_applied() {
 struct TestHooks;
 
 impl Hooks for TestHooks {
-    fn authenticate(&self, _: &str, username: Option<&str>, _: Option<&[u8]>) -> AuthDecision {
-        match username {
+    fn authenticate<'a>(&'a self, req: AuthRequest<'a>) -> HookFuture<'a, AuthDecision> {
+        courier::hooks::ready(match req.username {
             Some("mallory") => AuthDecision::NotAuthorized,
             _ => AuthDecision::Allow,
-        }
-    }
-    fn blocking_auth(&self) -> bool {
-        false
+        })
     }
     fn authorize_publish(&self, _: &ClientInfo, topic: &str) -> bool {
         !topic.starts_with("admin/")

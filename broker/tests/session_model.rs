@@ -96,6 +96,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     qos,
                     retain: false,
                     sub_ids: vec![],
+                    tracker: None,
                 });
                 if qos > 0 {
                     m.live.insert(
@@ -195,6 +196,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             qos: e.qos,
                             retain: false,
                             sub_ids: vec![],
+                            tracker: None,
                         },
                         e.sent || e.released,
                         e.released,
