@@ -285,22 +285,53 @@ impl GroupCommit {
         });
     }
 
-    /// Journals a message body (written once, however many queues hold it).
+    /// Journals a message body (written once, however many queues hold it)
+    /// with one reference: the router's own while it queues the message.
+    /// Each queue entry holding it adds one with [`GroupCommit::ref_message`]
+    /// before the entry is journaled; the router drops its own with
+    /// [`GroupCommit::unref_message`] when it is done, so the count cannot
+    /// reach zero while entries are still being queued.
     pub fn put_message(&self, id: u64, msg: Arc<Message>) {
         let mut j = self.journal();
-        let i = j.push(Write::PutMessage(id, msg));
+        let i = j.push(Write::PutMessage(id, msg, 1));
         j.messages.insert(id, i);
     }
 
-    /// Journals the deletion of a message body; cancels it if still pending.
-    pub fn delete_message(&self, id: u64) {
+    /// Journals one more reference to message `id`.
+    pub fn ref_message(&self, id: u64) {
+        self.change_refs(id, 1);
+    }
+
+    /// Journals one reference less to message `id`, after the entry that
+    /// held it was journaled as finished; a body whose last reference goes
+    /// before it was written is never written.
+    pub fn unref_message(&self, id: u64) {
+        self.change_refs(id, -1);
+    }
+
+    fn change_refs(&self, id: u64, delta: i64) {
         let mut j = self.journal();
-        match j.messages.remove(&id) {
-            Some(i) => j.ops[i] = None,
-            None => {
-                j.push(Write::DeleteMessage(id));
+        if let Some(&i) = j.messages.get(&id) {
+            match &mut j.ops[i] {
+                Some(Write::PutMessage(_, _, n)) => {
+                    let left = *n as i64 + delta;
+                    if left > 0 {
+                        *n = left as u32;
+                    } else {
+                        j.ops[i] = None;
+                        j.messages.remove(&id);
+                    }
+                    return;
+                }
+                Some(Write::MessageRefs(_, d)) => {
+                    *d += delta;
+                    return;
+                }
+                _ => {}
             }
         }
+        let i = j.push(Write::MessageRefs(id, delta));
+        j.messages.insert(id, i);
     }
 
     /// Journals a new queue entry; `seq` is above every earlier entry of
@@ -534,28 +565,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
         let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
+        // Message 1 is queued for one session and acknowledged at once.
         gc.put_message(1, msg());
+        gc.ref_message(1);
         gc.add_entry(9, 1, rec(1));
+        gc.unref_message(1); // the router is done with it
         gc.rewrite_entry(9, 1, released(1));
         gc.finish_entry(9, 1, 1);
-        gc.delete_message(1);
-        // A second entry stays pending until the commit, then is on disk.
+        gc.unref_message(1);
+        // Message 2, queued for two sessions, stays pending until the
+        // commit, then is on disk.
         gc.put_message(2, msg());
+        gc.ref_message(2);
         gc.add_entry(9, 2, rec(2));
+        gc.ref_message(2);
+        gc.add_entry(10, 1, rec(2));
+        gc.unref_message(2);
         gc.durable().await.unwrap();
         assert!(store.get_message(1).unwrap().is_none());
         assert!(store.get_message(2).unwrap().is_some());
         assert_eq!(seqs(&store, 9), vec![2]);
-        // Written: message 2, the batch, the floor. Cancelled: message 1
-        // (its delete was never journaled) and entry 1.
-        assert_eq!(gc.write_counts(), (3, 2), "(applied, cancelled)");
-        // Finishing it after it was written is applied at the next commit.
+        // Written: message 2, two batches, the floor. Cancelled: message 1
+        // and entry 1.
+        assert_eq!(gc.write_counts(), (4, 2), "(applied, cancelled)");
+        // Finished after it was written: released at the next commit, and
+        // the body goes with its last reference.
         gc.rewrite_entry(9, 2, released(2));
         gc.finish_entry(9, 2, 2);
-        gc.delete_message(2);
+        gc.unref_message(2);
         gc.durable().await.unwrap();
         assert!(seqs(&store, 9).is_empty());
+        assert!(store.get_message(2).unwrap().is_some(), "log 10 holds it");
+        gc.finish_entry(10, 1, 1);
+        gc.unref_message(2);
+        gc.durable().await.unwrap();
         assert!(store.get_message(2).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_session_releases_the_bodies_its_entries_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let gc = GroupCommit::start(store.clone(), Default::default()).unwrap();
+        gc.put_message(5, msg());
+        for log in [1, 2] {
+            gc.ref_message(5);
+            gc.add_entry(log, 1, rec(5));
+        }
+        gc.unref_message(5);
+        gc.durable().await.unwrap();
+        // One holder's session ends with its entry unread: one reference left.
+        gc.delete_session("a", 1);
+        gc.durable().await.unwrap();
+        assert!(store.get_message(5).unwrap().is_some());
+        gc.delete_session("b", 2);
+        gc.durable().await.unwrap();
+        assert!(store.get_message(5).unwrap().is_none());
+        assert!(store.message_ids().unwrap().is_empty());
     }
 
     #[tokio::test]

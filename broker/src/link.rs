@@ -189,7 +189,11 @@ impl Link {
             return Err(Closed);
         }
         if let Some(kick) = self.session.take_kick() {
-            self.leave();
+            if self.generation != 0 {
+                self.broker
+                    .detach_taken_over(&self.session, self.generation);
+                self.generation = 0;
+            }
             let _ = kick.send(());
             return Err(Closed);
         }

@@ -23,7 +23,10 @@ use crate::store::{
 };
 
 /// The data directory's format marker for this layout.
-const FORMAT: &str = "courier-store/redb/1";
+/// Version 2 counts each shared message body's references (`MSG_REFS`),
+/// so start-up need not read every queue entry; a version 1 directory is
+/// refused.
+const FORMAT: &str = "courier-store/redb/2";
 /// The database file inside the data directory.
 const DB_FILE: &str = "courier.redb";
 /// redb's page cache. Reads happen at start-up only; writes go to disk at
@@ -32,6 +35,8 @@ const CACHE_BYTES: usize = 32 << 20;
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// `message id -> queue entries that refer to it`.
+const MSG_REFS: TableDefinition<u64, u32> = TableDefinition::new("message_refs");
 /// `(log, seq, kind)`: everything at or below a floor is one range.
 const LOGS: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("logs");
 /// `log -> (sent, floor)`.
@@ -160,6 +165,7 @@ impl RedbStore {
         {
             tx.open_table(SESSIONS).map_err(io)?;
             tx.open_table(MESSAGES).map_err(io)?;
+            tx.open_table(MSG_REFS).map_err(io)?;
             tx.open_table(LOGS).map_err(io)?;
             tx.open_table(MARKS).map_err(io)?;
             tx.open_table(CURSORS).map_err(io)?;
@@ -188,6 +194,7 @@ impl RedbStore {
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
             let mut messages = tx.open_table(MESSAGES).map_err(io)?;
+            let mut refs = tx.open_table(MSG_REFS).map_err(io)?;
             let mut logs = tx.open_table(LOGS).map_err(io)?;
             let mut marks = tx.open_table(MARKS).map_err(io)?;
             let mut cursors = tx.open_table(CURSORS).map_err(io)?;
@@ -214,6 +221,17 @@ impl RedbStore {
                         if current == Some(log) {
                             sessions.remove(client_id.as_str()).map_err(io)?;
                         }
+                        // The bodies its live entries refer to lose a reference
+                        // each (those at or below the floor, and those removed,
+                        // were released when they were finished).
+                        let floor = marks.get(log).map_err(io)?.map(|g| g.value().1);
+                        let shared = live_entries(&logs, log, floor.unwrap_or(0))?
+                            .into_iter()
+                            .map(|(_, q)| q.msg_id)
+                            .filter(|&id| id != 0);
+                        for id in shared.collect::<Vec<_>>() {
+                            change_refs(&mut messages, &mut refs, id, -1)?;
+                        }
                         logs.retain_in((log, 0, BATCH)..=(log, u64::MAX, REMOVED), |_, _| false)
                             .map_err(io)?;
                         cursors
@@ -221,12 +239,13 @@ impl RedbStore {
                             .map_err(io)?;
                         marks.remove(log).map_err(io)?;
                     }
-                    Write::PutMessage(id, m) => {
+                    Write::PutMessage(id, m, n) => {
                         let v = postcard::to_stdvec(&*m)?;
                         messages.insert(id, v.as_slice()).map_err(io)?;
+                        refs.insert(id, n).map_err(io)?;
                     }
-                    Write::DeleteMessage(id) => {
-                        messages.remove(id).map_err(io)?;
+                    Write::MessageRefs(id, delta) => {
+                        change_refs(&mut messages, &mut refs, id, delta)?;
                     }
                     Write::Append(log, entries) => {
                         // Keyed by the highest sequence number: the batch is
@@ -328,6 +347,66 @@ impl RedbStore {
     }
 }
 
+/// The live entries of `log` above `floor` (rewrites applied, removed
+/// ones left out), in order, from a table of a read or a write transaction.
+fn live_entries(
+    t: &impl ReadableTable<(u64, u64, u8), &'static [u8]>,
+    log: LogId,
+    floor: u64,
+) -> StoreResult<Vec<(u64, QueueRecord)>> {
+    let mut live = std::collections::BTreeMap::new();
+    let mut rewrites = Vec::new();
+    let mut removed = Vec::new();
+    for kv in t
+        .range((log, 0, BATCH)..=(log, u64::MAX, REMOVED))
+        .map_err(io)?
+    {
+        let (k, v) = kv.map_err(io)?;
+        let (_, seq, kind) = k.value();
+        match kind {
+            BATCH => {
+                let batch: Vec<(u64, QueueRecord)> = postcard::from_bytes(v.value())?;
+                live.extend(batch.into_iter().filter(|(s, _)| *s > floor));
+            }
+            REWRITE => rewrites.push((seq, postcard::from_bytes::<QueueRecord>(v.value())?)),
+            REMOVED => removed.push(seq),
+            _ => return Err(StoreError::Corrupt(format!("log {log}: entry kind {kind}"))),
+        }
+    }
+    for (seq, rec) in rewrites {
+        if let Some(e) = live.get_mut(&seq) {
+            *e = rec;
+        }
+    }
+    for seq in removed {
+        live.remove(&seq);
+    }
+    Ok(live.into_iter().collect())
+}
+
+/// Adds `delta` to message `id`'s reference count; at zero (or below) the
+/// body and its count go.
+fn change_refs(
+    messages: &mut redb::Table<u64, &[u8]>,
+    refs: &mut redb::Table<u64, u32>,
+    id: u64,
+    delta: i64,
+) -> StoreResult<()> {
+    let Some(n) = refs.get(id).map_err(io)?.map(|g| g.value()) else {
+        // Already gone (released twice would be a bug; a body never
+        // written because all its entries were cancelled is normal).
+        return Ok(());
+    };
+    let n = n as i64 + delta;
+    if n <= 0 {
+        refs.remove(id).map_err(io)?;
+        messages.remove(id).map_err(io)?;
+    } else {
+        refs.insert(id, n.min(u32::MAX as i64) as u32).map_err(io)?;
+    }
+    Ok(())
+}
+
 fn log_record(seq: u64, v: &[u8]) -> StoreResult<LogRecord> {
     let (id, time_ms, data): (Option<String>, u64, bytes::Bytes) = postcard::from_bytes(v)?;
     Ok(LogRecord {
@@ -382,34 +461,22 @@ impl Store for RedbStore {
         let floor = self.marks(log)?.floor;
         let tx = self.read_tx()?;
         let t = tx.open_table(LOGS).map_err(io)?;
-        let mut live = std::collections::BTreeMap::new();
-        let mut rewrites = Vec::new();
-        let mut removed = Vec::new();
-        for kv in t
+        live_entries(&t, log, floor)
+    }
+
+    fn queue_tail(&self, log: LogId) -> StoreResult<u64> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(LOGS).map_err(io)?;
+        // Batches are keyed by their highest sequence number, and rewrites
+        // and removals refer to entries of a batch: the last key is the tail.
+        let last = t
             .range((log, 0, BATCH)..=(log, u64::MAX, REMOVED))
             .map_err(io)?
-        {
-            let (k, v) = kv.map_err(io)?;
-            let (_, seq, kind) = k.value();
-            match kind {
-                BATCH => {
-                    let batch: Vec<(u64, QueueRecord)> = postcard::from_bytes(v.value())?;
-                    live.extend(batch.into_iter().filter(|(s, _)| *s > floor));
-                }
-                REWRITE => rewrites.push((seq, postcard::from_bytes::<QueueRecord>(v.value())?)),
-                REMOVED => removed.push(seq),
-                _ => return Err(StoreError::Corrupt(format!("log {log}: entry kind {kind}"))),
-            }
+            .next_back();
+        match last {
+            Some(kv) => Ok(kv.map_err(io)?.0.value().1),
+            None => Ok(0),
         }
-        for (seq, rec) in rewrites {
-            if let Some(e) = live.get_mut(&seq) {
-                *e = rec;
-            }
-        }
-        for seq in removed {
-            live.remove(&seq);
-        }
-        Ok(live.into_iter().collect())
     }
 
     fn cursor(&self, log: LogId, consumer: &str) -> StoreResult<u64> {

@@ -120,6 +120,17 @@ pub struct Session {
     pub ended: bool,
     /// Its pending expiry timer while detached.
     pub(crate) expiry_timer: Option<(u64, u64)>,
+    /// Stored entries are on disk and not in memory (an offline session
+    /// keeps its queue on disk only): they are read when it attaches.
+    pub unloaded: bool,
+    /// Entries on disk and not in memory, at most (after a restart, the
+    /// span between the floor and the last entry).
+    pub unloaded_len: usize,
+    /// Attaches reading the queue from disk now; while any is, new entries
+    /// are kept in memory too.
+    pub loading: u32,
+    /// While unloaded: no entry above this floor may be assumed finished.
+    disk_floor: Option<u64>,
     queue: VecDeque<Delivery>,
     queued_bytes: u64,
     // Keyed by packet id (a u16 the broker chose, or bounded by the receive
@@ -148,6 +159,10 @@ impl Session {
             recorded: false,
             ended: false,
             expiry_timer: None,
+            unloaded: false,
+            unloaded_len: 0,
+            loading: 0,
+            disk_floor: None,
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: FxHashMap::default(),
@@ -189,11 +204,66 @@ impl Session {
             .or(self.queue.front())
             .map(|d| d.seq);
         let inflight = self.inflight_stored.first().copied();
-        match (queued, inflight) {
+        let floor = match (queued, inflight) {
             (Some(a), Some(b)) => a.min(b) - 1,
             (Some(a), None) | (None, Some(a)) => a - 1,
             (None, None) => self.next_seq - 1,
+        };
+        match self.disk_floor {
+            Some(d) if self.unloaded => floor.min(d),
+            _ => floor,
         }
+    }
+
+    /// Keeps the queue on disk only (the session went offline, or was
+    /// restored at start-up with `floor`): stored deliveries without a
+    /// tracker leave memory. Returns how many left.
+    pub fn unload(&mut self, floor: u64) -> usize {
+        let before = self.queue.len() + self.inflight.len();
+        self.disk_floor = Some(self.disk_floor.map_or(floor, |d| d.min(floor)));
+        self.queue.retain(|d| !d.stored || d.tracker.is_some());
+        self.inflight
+            .retain(|_, i| !i.delivery.stored || i.delivery.tracker.is_some());
+        let (inflight, queue) = (&self.inflight, &self.queue);
+        self.inflight_stored.retain(|seq| {
+            inflight.values().any(|i| i.delivery.seq == *seq) || queue.iter().any(|d| d.seq == *seq)
+        });
+        self.queued_bytes = self.queue.iter().map(|d| d.msg.cost()).sum();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.inflight.is_empty() {
+            self.inflight = FxHashMap::default();
+        }
+        let left = before - self.queue.len() - self.inflight.len();
+        self.unloaded = true;
+        self.unloaded_len += left;
+        left
+    }
+
+    /// Puts the entries read from disk back (in any order, each with
+    /// whether it had been sent and released), merged by sequence number
+    /// with what memory holds; entries memory already has are skipped.
+    pub fn reload(&mut self, loaded: Vec<(Delivery, bool, bool)>) {
+        let in_memory: FxHashSet<u64> = self
+            .queue
+            .iter()
+            .map(|d| d.seq)
+            .chain(self.inflight.values().map(|i| i.delivery.seq))
+            .collect();
+        let mut all: Vec<(Delivery, bool, bool)> = loaded
+            .into_iter()
+            .filter(|(d, _, _)| !in_memory.contains(&d.seq))
+            .collect();
+        all.extend(self.queue.drain(..).map(|d| (d, false, false)));
+        all.sort_by_key(|(d, _, _)| d.seq);
+        self.queued_bytes = 0;
+        for (d, sent, released) in all {
+            self.restore(d, sent, released);
+        }
+        self.unloaded = false;
+        self.unloaded_len = 0;
+        self.disk_floor = None;
     }
 
     /// Queued (unsent) message count.
@@ -208,7 +278,7 @@ impl Session {
 
     /// Checks whether one more delivery of `cost` bytes fits.
     pub fn has_room(&self, cost: u64) -> Result<(), QueueFull> {
-        if self.queue.len() >= self.limits.max_messages {
+        if self.queue.len() + self.unloaded_len >= self.limits.max_messages {
             return Err(QueueFull::Messages);
         }
         if self.queued_bytes + cost > self.limits.max_bytes {
@@ -382,20 +452,16 @@ impl Session {
     }
 
     /// The session's log was deleted (it stopped being persistent): its
-    /// deliveries are no longer on disk. Returns the shared message ids
-    /// they held, for the caller to release.
-    pub fn unstore(&mut self) -> Vec<u64> {
+    /// deliveries are no longer on disk (the store released the bodies
+    /// they referred to).
+    pub fn unstore(&mut self) {
         self.inflight_stored.clear();
         let queued = self.queue.iter_mut();
         let inflight = self.inflight.values_mut().map(|i| &mut i.delivery);
-        let mut ids = Vec::new();
-        for d in queued.chain(inflight).filter(|d| d.stored) {
+        for d in queued.chain(inflight) {
             d.stored = false;
-            if d.msg_id != 0 {
-                ids.push(d.msg_id);
-            }
+            d.msg_id = 0;
         }
-        ids
     }
 
     /// Drops undeliverable QoS 0 entries when the connection goes away;
@@ -466,6 +532,55 @@ mod tests {
             Some(Next::Publish { pkid, .. }) => pkid,
             other => panic!("{other:?}"),
         }
+    }
+
+    fn stored(mut d: Delivery) -> Delivery {
+        d.stored = true;
+        d
+    }
+
+    #[test]
+    fn an_unloaded_queue_leaves_memory_and_comes_back_in_order() {
+        let mut s = session();
+        s.limits.max_messages = 10;
+        let a = stored(delivery(&mut s, 1, 1));
+        let b = stored(delivery(&mut s, 1, 2));
+        let c = delivery(&mut s, 1, 3); // not stored (memory only)
+        let mut d = stored(delivery(&mut s, 1, 4));
+        d.tracker = Some(crate::tracker::Tracker::new(|_| {}));
+        for x in [&a, &b, &c, &d] {
+            s.push(x.clone());
+        }
+        // `a` is in flight when the connection goes.
+        assert_eq!(pkid(s.next(10, 0)), pkid_for(a.seq));
+        let floor = s.floor();
+        assert_eq!(floor, 0);
+        assert_eq!(s.unload(floor), 2, "a and b leave; c and d stay");
+        assert_eq!(s.queued(), 2);
+        assert_eq!(s.inflight_len(), 0);
+        // Nothing above the disk's floor counts as finished meanwhile.
+        assert_eq!(s.floor(), 0);
+        // Queued on disk only while unloaded: counted against the limit.
+        s.unloaded_len += 7;
+        assert_eq!(s.has_room(1), Err(QueueFull::Messages));
+        // Read back: a was sent (it goes again, DUP), b was not; d is on
+        // disk too but memory has it.
+        let e = stored(delivery(&mut s, 1, 5));
+        s.reload(vec![
+            (e.clone(), false, false),
+            (a.clone(), true, false),
+            (b.clone(), false, false),
+            (d.clone(), false, false),
+        ]);
+        assert!(!s.unloaded);
+        let resent: Vec<u16> = s.resend().into_iter().map(|n| pkid(Some(n))).collect();
+        assert_eq!(resent, vec![pkid_for(a.seq)]);
+        let order: Vec<u64> = std::iter::from_fn(|| match s.next(10, 0) {
+            Some(Next::Publish { delivery, .. }) => Some(delivery.seq),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(order, vec![b.seq, c.seq, d.seq, e.seq]);
     }
 
     #[test]

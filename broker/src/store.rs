@@ -127,17 +127,22 @@ pub struct LogRecord {
 pub enum Write {
     /// Writes a session record (keyed by client id).
     PutSession(SessionRecord),
-    /// Deletes a session record and its whole queue log.
+    /// Deletes a session record and its whole queue log, releasing the
+    /// message bodies its live entries refer to.
     DeleteSession {
         /// The session's client id.
         client_id: String,
         /// Its queue log.
         log: LogId,
     },
-    /// Stores a message body under an id.
-    PutMessage(u64, Arc<Message>),
-    /// Deletes a message body once no queue refers to it.
-    DeleteMessage(u64),
+    /// Stores a message body under an id, with the number of queue entries
+    /// that refer to it.
+    PutMessage(u64, Arc<Message>, u32),
+    /// Changes a stored body's reference count; at zero the body goes.
+    /// References are counted before the entries that hold them are
+    /// written and released after those entries are removed, so a crash
+    /// can leave a count too high (a body kept too long), never too low.
+    MessageRefs(u64, i64),
     /// Appends entries (ascending, each above every earlier entry of the
     /// log and above its floor) to a log, as one batch.
     Append(LogId, Vec<(u64, QueueRecord)>),
@@ -216,6 +221,10 @@ pub trait Store: Send + Sync {
     fn marks(&self, log: LogId) -> StoreResult<LogMarks>;
     /// The live entries of `log` (above the floor, not removed), in order.
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>>;
+    /// The highest sequence number among the entries of `log` still
+    /// stored, finished ones included (0 if none): where its numbering goes
+    /// on, read without loading the entries.
+    fn queue_tail(&self, log: LogId) -> StoreResult<u64>;
     /// How far `consumer` has read in `log` (0 if never set).
     fn cursor(&self, log: LogId, consumer: &str) -> StoreResult<u64>;
     /// Reads a message body.

@@ -159,6 +159,228 @@ async fn open_when_released(data: &std::path::Path) -> std::sync::Arc<RedbStore>
     .expect("store released after shutdown")
 }
 
+/// Every session ends unread or is read, across restarts in between, and
+/// the one body they shared is kept exactly as long as one of them needs
+/// it: the store counts its references, so a session that ends while its
+/// queue is on disk (never loaded since the restart) releases its share.
+#[tokio::test]
+async fn a_shared_body_outlives_a_session_that_ends_without_loading_its_queue() {
+    use common::v4::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = start_on(&data).await;
+    let port = tcp_port(&server);
+    for id in ["phone", "tablet"] {
+        subscribe_and_leave(&opts(id, port), "family/chat").await;
+    }
+    let (publ, mut pel) = client(opts("pub", port));
+    publ.publish("family/chat", QoS::AtLeastOnce, false, "dinner?")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    drop(publ);
+    server.shutdown().await.unwrap();
+    drop(server);
+    // After a restart the tablet starts clean: its old session, whose queue
+    // was never read back, ends.
+    let mut server = start_on(&data).await;
+    let port = tcp_port(&server);
+    let (_t, mut tel) = client(opts("tablet", port));
+    assert!(!connack(&mut tel).await.session_present);
+    drop(_t);
+    server.shutdown().await.unwrap();
+    drop(server);
+    {
+        let store = open_when_released(&data).await;
+        assert_eq!(store.message_ids().unwrap().len(), 1, "the phone needs it");
+    }
+    let mut server = start_on(&data).await;
+    let port = tcp_port(&server);
+    let mut o = opts("phone", port);
+    o.set_clean_session(false);
+    let (c, mut el) = client(o);
+    assert_eq!(publish(&mut el).await.payload, Bytes::from("dinner?"));
+    c.subscribe("sync/marker", QoS::AtMostOnce).await.unwrap();
+    suback(&mut el).await;
+    server.shutdown().await.unwrap();
+    drop(server);
+    let store = open_when_released(&data).await;
+    assert!(
+        store.message_ids().unwrap().is_empty(),
+        "released by the last reader"
+    );
+}
+
+/// A store that counts how many queues are read from it.
+struct Counting {
+    inner: Arc<RedbStore>,
+    queue_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for Counting {
+    fn commit(
+        &self,
+        w: &mut dyn Iterator<Item = courier::store::Write>,
+    ) -> courier::store::StoreResult<()> {
+        self.inner.commit(w)
+    }
+    fn next_id(&self) -> u64 {
+        self.inner.next_id()
+    }
+    fn load_sessions(&self) -> courier::store::StoreResult<Vec<courier::store::SessionRecord>> {
+        self.inner.load_sessions()
+    }
+    fn marks(&self, log: u64) -> courier::store::StoreResult<courier::store::LogMarks> {
+        self.inner.marks(log)
+    }
+    fn entries(
+        &self,
+        log: u64,
+    ) -> courier::store::StoreResult<Vec<(u64, courier::store::QueueRecord)>> {
+        self.queue_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.entries(log)
+    }
+    fn queue_tail(&self, log: u64) -> courier::store::StoreResult<u64> {
+        self.inner.queue_tail(log)
+    }
+    fn cursor(&self, log: u64, consumer: &str) -> courier::store::StoreResult<u64> {
+        self.inner.cursor(log, consumer)
+    }
+    fn get_message(&self, id: u64) -> courier::store::StoreResult<Option<courier::Message>> {
+        self.inner.get_message(id)
+    }
+    fn message_ids(&self) -> courier::store::StoreResult<Vec<u64>> {
+        self.inner.message_ids()
+    }
+    fn load_retained(&self) -> courier::store::StoreResult<Vec<courier::Message>> {
+        self.inner.load_retained()
+    }
+    fn log_last(&self, log: &str) -> courier::store::StoreResult<u64> {
+        self.inner.log_last(log)
+    }
+    fn log_read(
+        &self,
+        log: &str,
+        from: u64,
+        limit: usize,
+    ) -> courier::store::StoreResult<Vec<courier::store::LogRecord>> {
+        self.inner.log_read(log, from, limit)
+    }
+    fn log_read_back(
+        &self,
+        log: &str,
+        before: u64,
+        limit: usize,
+    ) -> courier::store::StoreResult<Vec<courier::store::LogRecord>> {
+        self.inner.log_read_back(log, before, limit)
+    }
+    fn log_seq_of(&self, log: &str, id: &str) -> courier::store::StoreResult<Option<u64>> {
+        self.inner.log_seq_of(log, id)
+    }
+    fn log_cursors(&self, log: &str) -> courier::store::StoreResult<Vec<(String, u64)>> {
+        self.inner.log_cursors(log)
+    }
+}
+
+/// Offline sessions keep their queues on disk: start-up reads none, a
+/// session reads its own when it attaches, and one that went offline while
+/// the broker ran has left memory (it is read back too). The queue limit
+/// counts what is on disk.
+#[tokio::test]
+async fn queues_stay_on_disk_until_their_session_attaches() {
+    use common::v4::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = |store: Arc<Counting>| {
+        let mut cfg = Config {
+            data_dir: dir.path().join("unused"),
+            ..Config::default()
+        };
+        cfg.limits.max_queued_messages = 3;
+        cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
+        async move {
+            courier::Server::builder(cfg)
+                .store(store as Arc<dyn Store>)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let counting = |inner| {
+        Arc::new(Counting {
+            inner,
+            queue_reads: Default::default(),
+        })
+    };
+    let reads = |s: &Counting| s.queue_reads.load(std::sync::atomic::Ordering::SeqCst);
+    let store = counting(RedbStore::open(&data).unwrap());
+    let mut server = start(store.clone()).await;
+    let port = tcp_port(&server);
+    for id in ["a", "b", "c"] {
+        subscribe_and_leave(&opts(id, port), &format!("q/{id}")).await;
+    }
+    let (publ, mut pel) = client(opts("pub", port));
+    for id in ["a", "b", "c"] {
+        for n in 0..5 {
+            publ.publish(format!("q/{id}"), QoS::AtLeastOnce, false, format!("{n}"))
+                .await
+                .unwrap();
+            puback(&mut pel).await;
+        }
+    }
+    // `a` was offline all along, while the broker ran: read on attach.
+    let mut o = opts("a", port);
+    o.set_clean_session(false);
+    let (_a, mut ael) = client(o);
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(publish(&mut ael).await.payload);
+    }
+    assert_eq!(
+        first,
+        vec![Bytes::from("0"), Bytes::from("1"), Bytes::from("2")],
+        "the limit (3) held"
+    );
+    assert!(publishes_within(&mut ael, Duration::from_millis(300))
+        .await
+        .is_empty());
+    assert_eq!(reads(&store), 1);
+    drop(_a);
+    drop(publ);
+    server.shutdown().await.unwrap();
+    drop(server);
+    drop(store);
+    // Restarted: no queue is read at start-up.
+    let store = counting(open_when_released(&data).await);
+    let mut server = start(store.clone()).await;
+    let port = tcp_port(&server);
+    assert_eq!(reads(&store), 0, "start-up reads no queue");
+    assert_eq!(server.broker.session_count(), 3);
+    // The limit counts what waits on disk: nothing more is queued for `b`.
+    let (publ, mut pel) = client(opts("pub", port));
+    publ.publish("q/b", QoS::AtLeastOnce, false, "late")
+        .await
+        .unwrap();
+    puback(&mut pel).await;
+    let mut o = opts("b", port);
+    o.set_clean_session(false);
+    let (_b, mut bel) = client(o);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(publish(&mut bel).await.payload);
+    }
+    assert_eq!(
+        got,
+        vec![Bytes::from("0"), Bytes::from("1"), Bytes::from("2")]
+    );
+    assert!(publishes_within(&mut bel, Duration::from_millis(300))
+        .await
+        .is_empty());
+    assert_eq!(reads(&store), 1, "only b's queue was read");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn message_is_stored_once_and_deleted_when_no_session_needs_it() {
     use common::v4::*;

@@ -7,6 +7,7 @@
 //! loadgen --port 1883 fanin --pubs 50
 //! loadgen --port 1883 --pid $(pidof courier) conns --count 10000
 //! loadgen --port 1883 offline --count 10000
+//! loadgen --port 1883 fill --sessions 100000 --messages 10   # for start-up
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,6 +99,19 @@ enum Scenario {
         /// traffic, not just after CONNECT).
         #[arg(long)]
         message_bytes: Option<usize>,
+    },
+    /// Leaves N offline persistent sessions with M QoS 1 messages queued
+    /// each (then measure the broker's start-up on that store).
+    Fill {
+        #[arg(long, default_value_t = 100_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Connections opened concurrently.
+        #[arg(long, default_value_t = 200)]
+        parallel: usize,
     },
     /// A persistent session away while N messages were queued reconnects.
     Offline {
@@ -590,6 +604,108 @@ async fn run_offline(cli: &Cli, count: u64, size: usize) -> anyhow::Result<serde
     }))
 }
 
+/// Connects `fill-{i}` with a persistent session, subscribes to
+/// `fill/{i}` at QoS 1 and leaves with DISCONNECT.
+async fn subscribe_and_leave(host: &str, port: u16, i: usize) -> anyhow::Result<()> {
+    let mut s = tokio::net::TcpStream::connect((host, port)).await?;
+    let mut c = rumqttc::mqttbytes::v4::Connect::new(format!("fill-{i}"));
+    c.keep_alive = 60;
+    c.clean_session = false;
+    let mut b = BytesMut::new();
+    c.write(&mut b)?;
+    let mut sub = rumqttc::mqttbytes::v4::Subscribe::new(format!("fill/{i}"), QoS::AtLeastOnce);
+    sub.pkid = 1;
+    sub.write(&mut b)?;
+    s.write_all(&b).await?;
+    let mut acks = [0u8; 9]; // CONNACK (4) + SUBACK (5)
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut acks)).await??;
+    if acks[0] != 0x20 || acks[3] != 0 || acks[4] != 0x90 || acks[8] > 2 {
+        bail!("session {i} refused: {acks:?}");
+    }
+    s.write_all(&[0xE0, 0]).await?;
+    Ok(())
+}
+
+async fn run_fill(
+    cli: &Cli,
+    sessions: usize,
+    messages: usize,
+    size: usize,
+    parallel: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        let permit = sem.clone().acquire_owned().await?;
+        let host = cli.host.clone();
+        let port = cli.port;
+        tasks.push(tokio::spawn(async move {
+            let r = subscribe_and_leave(&host, port, i).await;
+            drop(permit);
+            r
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let sessions_s = t0.elapsed().as_secs_f64();
+    // Four publishers over disjoint sessions, each pipelining QoS 1.
+    let t1 = Instant::now();
+    let publishers = 4;
+    let mut pubs = Vec::new();
+    for p in 0..publishers {
+        let (c, mut el) = AsyncClient::new(options(cli, format!("fill-pub-{p}")), 1000);
+        ready(&mut el, false).await?;
+        let mine: Vec<usize> = (p..sessions).step_by(publishers).collect();
+        let total = (mine.len() * messages) as u64;
+        let sender = tokio::spawn(async move {
+            for seq in 0..messages as u64 {
+                for &i in &mine {
+                    let body = payload(i as u32, seq, size);
+                    if c.publish(format!("fill/{i}"), QoS::AtLeastOnce, false, body)
+                        .await
+                        .is_err()
+                    {
+                        return c;
+                    }
+                }
+            }
+            c
+        });
+        pubs.push(tokio::spawn(async move {
+            let mut acks = 0u64;
+            while acks < total {
+                if let Event::Incoming(Packet::PubAck(_)) = el.poll().await? {
+                    acks += 1;
+                }
+            }
+            let _ = sender.await?.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while el.poll().await.is_ok() {}
+            })
+            .await;
+            anyhow::Ok(acks)
+        }));
+    }
+    let mut acked = 0;
+    for p in pubs {
+        acked += tokio::time::timeout(Duration::from_secs(600), p)
+            .await
+            .context("acknowledgements")???;
+    }
+    Ok(json!({
+        "scenario": "fill",
+        "broker": cli.label,
+        "sessions": sessions,
+        "messages_each": messages,
+        "payload": size,
+        "sessions_s": sessions_s,
+        "publish_s": t1.elapsed().as_secs_f64(),
+        "acknowledged": acked,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -632,6 +748,12 @@ async fn main() -> anyhow::Result<()> {
             message_bytes,
         } => run_conns(&cli, *count, *hold, *parallel, *message_bytes).await?,
         Scenario::Offline { count, payload } => run_offline(&cli, *count, *payload).await?,
+        Scenario::Fill {
+            sessions,
+            messages,
+            payload,
+            parallel,
+        } => run_fill(&cli, *sessions, *messages, *payload, *parallel).await?,
     };
     println!("{out}");
     Ok(())

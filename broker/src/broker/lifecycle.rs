@@ -63,31 +63,32 @@ impl Broker {
             h.kicking.store(false, Ordering::Release);
             h.kick.lock().take();
         }
-        let mut registry = self.sessions.lock();
-        let existing = registry.get(&**client_id).cloned();
-        let (handle, present) = match existing {
-            Some(h) if !clean_start => (h, true),
-            other => {
-                if let Some(old) = other {
-                    drop(registry);
-                    // The old session ends here: a delayed will it had goes now.
-                    self.destroy(&old, true);
-                    registry = self.sessions.lock();
+        let (handle, present) = {
+            let mut registry = self.sessions.lock();
+            let existing = registry.get(&**client_id).cloned();
+            match existing {
+                Some(h) if !clean_start => (h, true),
+                other => {
+                    if let Some(old) = other {
+                        drop(registry);
+                        // The old session ends here: a delayed will it had goes now.
+                        self.destroy(&old, true);
+                        registry = self.sessions.lock();
+                    }
+                    let log = self.store.next_id();
+                    // Shared with the connection's ClientInfo: one copy of the id.
+                    let cid = client_id.clone();
+                    let h = SessionHandle::new(Session::new(
+                        cid.clone(),
+                        log,
+                        expiry_secs,
+                        self.session_limits(),
+                    ));
+                    registry.insert(cid, h.clone());
+                    (h, false)
                 }
-                let log = self.store.next_id();
-                // Shared with the connection's ClientInfo: one copy of the id.
-                let cid = client_id.clone();
-                let h = SessionHandle::new(Session::new(
-                    cid.clone(),
-                    log,
-                    expiry_secs,
-                    self.session_limits(),
-                ));
-                registry.insert(cid, h.clone());
-                (h, false)
             }
         };
-        drop(registry);
         // Reconnecting cancels a pending (delayed) will and the expiry.
         if let Some(w) = handle.will.lock().take() {
             self.timers.cancel(w.timer);
@@ -106,17 +107,24 @@ impl Broker {
             if s.persistent() {
                 self.save_session(&s, None);
                 s.recorded = true;
-            } else if was_persistent {
-                // Resumed with expiry 0: it ends with this connection, and
-                // its queue leaves the disk now.
-                self.commit.delete_session(&s.client_id, s.log);
-                s.recorded = false;
-                for id in s.unstore() {
-                    self.unref(id);
-                }
             }
-            s.generation
+            (s.generation, was_persistent && !s.persistent())
         };
+        let (generation, leaves_disk) = generation;
+        // After the generation moved on, so a late detach of an older
+        // connection cannot unload what is read here.
+        if let Err(e) = self.load_queue(&handle).await {
+            self.detach(&handle, generation);
+            return Err(e);
+        }
+        if leaves_disk {
+            // Resumed with expiry 0: it ends with this connection, and its
+            // queue (in memory now) leaves the disk.
+            let mut s = handle.state.lock();
+            self.commit.delete_session(&s.client_id, s.log);
+            s.recorded = false;
+            s.unstore();
+        }
         Ok(Attached {
             session: handle,
             session_present: present,
@@ -124,9 +132,100 @@ impl Broker {
         })
     }
 
+    /// Reads an unloaded session's queue from disk into memory: first
+    /// waits for the commit that makes every entry journaled so far
+    /// readable, then reads off the connection's thread. Entries queued
+    /// meanwhile are kept in memory as well, and merged by sequence number.
+    async fn load_queue(&self, handle: &SessionRef) -> Result<(), BrokerError> {
+        let log = {
+            let mut s = handle.state.lock();
+            if !s.unloaded {
+                return Ok(());
+            }
+            if s.unloaded_len == 0 {
+                // Nothing went to disk only since it was unloaded.
+                s.reload(Vec::new());
+                return Ok(());
+            }
+            s.loading += 1;
+            s.log
+        };
+        let read = self.read_queue(log).await;
+        let mut s = handle.state.lock();
+        s.loading -= 1;
+        let loaded = read?;
+        // Another attach may have loaded it meanwhile.
+        if s.unloaded {
+            s.reload(loaded);
+        }
+        Ok(())
+    }
+
+    /// A session's live entries as deliveries, each with whether it was
+    /// sent and released before; entries whose body is missing are
+    /// dropped (and removed).
+    async fn read_queue(&self, log: u64) -> Result<Vec<(Delivery, bool, bool)>, BrokerError> {
+        self.commit.durable().await?;
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let marks = store.marks(log)?;
+            let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
+            let mut out = Vec::new();
+            let mut missing = Vec::new();
+            for (seq, mut q) in store.entries(log)? {
+                let msg = match (q.body.take(), bodies.get(&q.msg_id)) {
+                    (Some(body), _) => Arc::new(body),
+                    (None, Some(m)) => m.clone(),
+                    (None, None) => match store.get_message(q.msg_id)? {
+                        Some(m) => {
+                            let m = Arc::new(m);
+                            bodies.insert(q.msg_id, m.clone());
+                            m
+                        }
+                        None => {
+                            missing.push(seq);
+                            continue;
+                        }
+                    },
+                };
+                let d = Delivery {
+                    seq,
+                    msg_id: q.msg_id,
+                    stored: true,
+                    msg,
+                    qos: q.qos,
+                    retain: q.retain,
+                    sub_ids: q.sub_ids,
+                    tracker: None,
+                };
+                out.push((d, seq <= marks.sent || q.released, q.released));
+            }
+            Ok((out, missing))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("reading a queue: {e}")))?;
+        let (out, missing) = read?;
+        for seq in missing {
+            tracing::warn!(log, seq, "queue entry without message; dropped");
+            self.commit.write(Write::RemoveEntry(log, seq));
+        }
+        Ok(out)
+    }
+
     /// Detaches a connection from its session. Ends the session if its
     /// expiry is 0, otherwise starts its expiry timer.
     pub(crate) fn detach(self: &Arc<Self>, handle: &SessionRef, generation: u64) {
+        self.detach_with(handle, generation, true);
+    }
+
+    /// Detaches a connection that another one is taking over: the queue
+    /// stays in memory for the new connection, which attaches at once (it
+    /// must not wait to read it back from disk).
+    pub(crate) fn detach_taken_over(self: &Arc<Self>, handle: &SessionRef, generation: u64) {
+        self.detach_with(handle, generation, false);
+    }
+
+    fn detach_with(self: &Arc<Self>, handle: &SessionRef, generation: u64, unload: bool) {
         let (expiry, current, dropped) = {
             let mut s = handle.state.lock();
             if s.generation != generation {
@@ -134,6 +233,11 @@ impl Broker {
             }
             s.online = false;
             let dropped = s.drop_qos0();
+            if unload && s.persistent() {
+                // An offline session keeps its queue on disk only.
+                let floor = s.floor();
+                s.unload(floor);
+            }
             (s.expiry_secs, s.generation, dropped)
         };
         for d in dropped {
@@ -264,7 +368,7 @@ impl Broker {
                 reg.remove(&handle.client_id);
             }
         }
-        let (subs, deliveries, log, recorded) = {
+        let (subs, deliveries, log, recorded, unloaded) = {
             let mut s = handle.state.lock();
             if s.ended {
                 return;
@@ -277,7 +381,8 @@ impl Broker {
             // Not `persistent()`: a DISCONNECT may have set the expiry to 0
             // after the record was written.
             let recorded = std::mem::take(&mut s.recorded);
-            (subs, s.drain(), s.log, recorded)
+            let unloaded = std::mem::take(&mut s.unloaded);
+            (subs, s.drain(), s.log, recorded, unloaded)
         };
         {
             let mut router = self.router.write();
@@ -287,9 +392,9 @@ impl Broker {
                 }
             }
         }
-        // Only deliveries still on disk hold a reference: a session resumed
-        // with expiry 0 released the others when its log left the disk.
-        let mut stored = false;
+        // The store releases the bodies the log's entries refer to when it
+        // drops the log.
+        let mut stored = unloaded;
         for d in &deliveries {
             if let Some(t) = &d.tracker {
                 t.report(
@@ -297,10 +402,7 @@ impl Broker {
                     Outcome::Dropped(DropReason::SessionEnded),
                 );
             }
-            if d.stored {
-                stored = true;
-                self.unref(d.msg_id);
-            }
+            stored |= d.stored;
         }
         // The log is dropped whole, so entries need no separate removal.
         if recorded || stored {

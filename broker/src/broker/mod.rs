@@ -68,7 +68,6 @@ pub struct Broker {
     router: RwLock<Router<SessionRef>>,
     sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
     retained: RwLock<HashMap<String, Arc<Message>>>,
-    refs: Mutex<HashMap<u64, u32>>,
     pub(crate) hooks: Arc<dyn Hooks>,
     events: broadcast::Sender<Event>,
     /// Counters.
@@ -141,7 +140,6 @@ impl Broker {
             router: RwLock::default(),
             sessions: Mutex::default(),
             retained: RwLock::default(),
-            refs: Mutex::default(),
             hooks,
             events,
             metrics: Metrics::default(),

@@ -197,7 +197,14 @@ impl Broker {
                     tracker,
                     store: true,
                 },
-            )?;
+            );
+            let queued = match queued {
+                Ok(q) => q,
+                Err(e) => {
+                    self.unref(msg_id);
+                    return Err(e);
+                }
+            };
             routed.wrote |= stored;
             match queued {
                 Queued::Dropped(_) => {}
@@ -208,6 +215,9 @@ impl Broker {
                 }
             }
         }
+        // The router's own reference to a shared body (see
+        // `GroupCommit::put_message`).
+        self.unref(msg_id);
         Ok(routed)
     }
 
@@ -249,7 +259,8 @@ impl Broker {
                     *msg_id = self.store.next_id();
                     self.commit.put_message(*msg_id, msg.clone());
                 }
-                *self.refs.lock().entry(*msg_id).or_default() += 1;
+                // Counted before the entry that holds it is journaled.
+                self.commit.ref_message(*msg_id);
                 entry_msg_id = *msg_id;
                 None
             };
@@ -263,18 +274,25 @@ impl Broker {
             };
             self.commit.add_entry(s.log, seq, rec);
         }
-        s.push(Delivery {
-            seq,
-            msg_id: entry_msg_id,
-            stored,
-            msg: msg.clone(),
-            qos,
-            retain,
-            sub_ids,
-            tracker: extra.tracker.cloned(),
-        });
+        // An unloaded (offline) session's queue stays on disk; an entry
+        // with a tracker stays in memory too, so the tracker hears of it.
+        let disk_only = stored && s.unloaded && s.loading == 0 && extra.tracker.is_none();
+        if disk_only {
+            s.unloaded_len += 1;
+        } else {
+            s.push(Delivery {
+                seq,
+                msg_id: entry_msg_id,
+                stored,
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids,
+                tracker: extra.tracker.cloned(),
+            });
+        }
         let online = s.online;
-        let queued = s.queued();
+        let queued = s.queued() + s.unloaded_len;
         drop(s);
         if online {
             handle.notify.notify_one();
@@ -300,27 +318,11 @@ impl Broker {
         Queued::Dropped(why)
     }
 
-    /// Drops one reference to a stored message, deleting it at zero.
+    /// Drops one reference to a stored message (the store deletes it at
+    /// zero). Journaled after whatever held the reference was finished.
     pub(super) fn unref(&self, msg_id: u64) {
-        if msg_id == 0 {
-            return;
-        }
-        let last = {
-            let mut refs = self.refs.lock();
-            match refs.get_mut(&msg_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    refs.remove(&msg_id);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
-            self.commit.delete_message(msg_id);
+        if msg_id != 0 {
+            self.commit.unref_message(msg_id);
         }
     }
 

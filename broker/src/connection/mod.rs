@@ -393,7 +393,8 @@ impl<T: Transport> Conn<T> {
             );
         }
         self.broker.watchdog.unwatch(self.watch_id);
-        self.broker.detach(&self.session, self.generation);
+        self.broker
+            .detach_taken_over(&self.session, self.generation);
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
             graceful: false,
