@@ -39,8 +39,8 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const MSG_REFS: TableDefinition<u64, u32> = TableDefinition::new("message_refs");
 /// `(log, seq, kind)`: everything at or below a floor is one range.
 const LOGS: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("logs");
-/// `log -> (sent, floor)`.
-const MARKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("marks");
+/// `log -> (sent, floor, tail)`.
+const MARKS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("marks");
 const CURSORS: TableDefinition<(u64, &str), u64> = TableDefinition::new("cursors");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -224,8 +224,8 @@ impl RedbStore {
                         // The bodies its live entries refer to lose a reference
                         // each (those at or below the floor, and those removed,
                         // were released when they were finished).
-                        let floor = marks.get(log).map_err(io)?.map(|g| g.value().1);
-                        let shared = live_entries(&logs, log, floor.unwrap_or(0))?
+                        let (_, floor, _) = get_marks(&marks, log)?;
+                        let shared = live_entries(&logs, log, floor)?
                             .into_iter()
                             .map(|(_, q)| q.msg_id)
                             .filter(|&id| id != 0);
@@ -253,6 +253,10 @@ impl RedbStore {
                         if let Some(last) = entries.iter().map(|e| e.0).max() {
                             let v = postcard::to_stdvec(&entries)?;
                             logs.insert((log, last, BATCH), v.as_slice()).map_err(io)?;
+                            let (sent, floor, tail) = get_marks(&marks, log)?;
+                            marks
+                                .insert(log, (sent, floor, tail.max(last)))
+                                .map_err(io)?;
                         }
                     }
                     Write::RewriteEntry(log, seq, rec) => {
@@ -264,15 +268,8 @@ impl RedbStore {
                             .map_err(io)?;
                     }
                     Write::Marks { log, sent, floor } => {
-                        let old = match (sent, floor) {
-                            (Some(_), Some(_)) => (0, 0),
-                            _ => marks
-                                .get(log)
-                                .map_err(io)?
-                                .map(|g| g.value())
-                                .unwrap_or_default(),
-                        };
-                        let new = (sent.unwrap_or(old.0), floor.unwrap_or(old.1));
+                        let old = get_marks(&marks, log)?;
+                        let new = (sent.unwrap_or(old.0), floor.unwrap_or(old.1), old.2);
                         marks.insert(log, new).map_err(io)?;
                         if let Some(floor) = floor {
                             logs.retain_in((log, 0, BATCH)..=(log, floor, REMOVED), |_, _| false)
@@ -384,6 +381,17 @@ fn live_entries(
     Ok(live.into_iter().collect())
 }
 
+/// A log's `(sent, floor, tail)`, zero if never set.
+fn get_marks(
+    t: &impl ReadableTable<u64, (u64, u64, u64)>,
+    log: LogId,
+) -> StoreResult<(u64, u64, u64)> {
+    Ok(t.get(log)
+        .map_err(io)?
+        .map(|g| g.value())
+        .unwrap_or_default())
+}
+
 /// Adds `delta` to message `id`'s reference count; at zero (or below) the
 /// body and its count go.
 fn change_refs(
@@ -449,12 +457,8 @@ impl Store for RedbStore {
     fn marks(&self, log: LogId) -> StoreResult<LogMarks> {
         let tx = self.read_tx()?;
         let t = tx.open_table(MARKS).map_err(io)?;
-        let (sent, floor) = t
-            .get(log)
-            .map_err(io)?
-            .map(|g| g.value())
-            .unwrap_or_default();
-        Ok(LogMarks { sent, floor })
+        let (sent, floor, tail) = get_marks(&t, log)?;
+        Ok(LogMarks { sent, floor, tail })
     }
 
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>> {
@@ -462,21 +466,6 @@ impl Store for RedbStore {
         let tx = self.read_tx()?;
         let t = tx.open_table(LOGS).map_err(io)?;
         live_entries(&t, log, floor)
-    }
-
-    fn queue_tail(&self, log: LogId) -> StoreResult<u64> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(LOGS).map_err(io)?;
-        // Batches are keyed by their highest sequence number, and rewrites
-        // and removals refer to entries of a batch: the last key is the tail.
-        let last = t
-            .range((log, 0, BATCH)..=(log, u64::MAX, REMOVED))
-            .map_err(io)?
-            .next_back();
-        match last {
-            Some(kv) => Ok(kv.map_err(io)?.0.value().1),
-            None => Ok(0),
-        }
     }
 
     fn cursor(&self, log: LogId, consumer: &str) -> StoreResult<u64> {
@@ -635,7 +624,14 @@ mod tests {
         assert!(e[1].1.released, "rewrite replaces the batched entry");
         assert_eq!(s.cursor(7, "phone").unwrap(), 1);
         assert_eq!(s.cursor(7, "tablet").unwrap(), 0);
-        assert_eq!(s.marks(7).unwrap(), LogMarks { sent: 4, floor: 2 });
+        assert_eq!(
+            s.marks(7).unwrap(),
+            LogMarks {
+                sent: 4,
+                floor: 2,
+                tail: 6
+            }
+        );
 
         // The floor passing a batch frees it, with removals and rewrites.
         commit(&s, vec![marks(7, None, Some(6))]);

@@ -107,6 +107,9 @@ pub struct LogMarks {
     pub sent: u64,
     /// Every entry at or below it is finished.
     pub floor: u64,
+    /// The highest sequence number appended (numbering goes on after it),
+    /// kept here so that start-up reads no entries.
+    pub tail: u64,
 }
 
 /// A record of a named log ([`crate::logs`]).
@@ -221,10 +224,6 @@ pub trait Store: Send + Sync {
     fn marks(&self, log: LogId) -> StoreResult<LogMarks>;
     /// The live entries of `log` (above the floor, not removed), in order.
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>>;
-    /// The highest sequence number among the entries of `log` still
-    /// stored, finished ones included (0 if none): where its numbering goes
-    /// on, read without loading the entries.
-    fn queue_tail(&self, log: LogId) -> StoreResult<u64>;
     /// How far `consumer` has read in `log` (0 if never set).
     fn cursor(&self, log: LogId, consumer: &str) -> StoreResult<u64>;
     /// Reads a message body.

@@ -241,9 +241,6 @@ impl Store for Counting {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.entries(log)
     }
-    fn queue_tail(&self, log: u64) -> courier::store::StoreResult<u64> {
-        self.inner.queue_tail(log)
-    }
     fn cursor(&self, log: u64, consumer: &str) -> courier::store::StoreResult<u64> {
         self.inner.cursor(log, consumer)
     }

@@ -1,5 +1,5 @@
 //! Start-up: retained messages and persistent sessions (records,
-//! subscriptions, where each queue's numbering stands). Queues stay on disk
+//! subscriptions, where each queue's numbering stands, from its marks). Queues stay on disk
 //! until their session attaches, so start-up time and memory do not grow
 //! with what is queued.
 
@@ -27,10 +27,9 @@ impl Broker {
             s.username = rec.username.as_deref().map(Arc::from);
             s.subscriptions = rec.subscriptions.iter().cloned().collect();
             let marks = self.store.marks(rec.log)?;
-            let tail = self.store.queue_tail(rec.log)?;
-            s.resume_after(marks.sent.max(marks.floor).max(tail));
+            s.resume_after(marks.sent.max(marks.floor).max(marks.tail));
             s.unload(marks.floor);
-            s.unloaded_len = tail.saturating_sub(marks.floor) as usize;
+            s.unloaded_len = marks.tail.saturating_sub(marks.floor) as usize;
             queued += s.unloaded_len;
             let handle = SessionHandle::new(s);
             {
