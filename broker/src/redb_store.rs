@@ -29,9 +29,11 @@ use crate::store::{
 const FORMAT: &str = "courier-store/redb/2";
 /// The database file inside the data directory.
 const DB_FILE: &str = "courier.redb";
-/// redb's page cache. Reads happen at start-up only; writes go to disk at
-/// every commit, so a small cache is enough.
-const CACHE_BYTES: usize = 32 << 20;
+/// redb's page cache. Reads are session records and marks at start-up and
+/// a queue when its session attaches; commits write through. 8 MiB kept
+/// persistent-pairs throughput level with 32 MiB (benches/RESULTS.md) and
+/// is fixed memory, whatever the number of sessions.
+const CACHE_BYTES: usize = 8 << 20;
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -452,6 +454,19 @@ impl Store for RedbStore {
             out.push(postcard::from_bytes(v.value())?);
         }
         Ok(out)
+    }
+
+    fn visit_sessions(
+        &self,
+        f: &mut dyn FnMut(SessionRecord) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(SESSIONS).map_err(io)?;
+        for kv in t.iter().map_err(io)? {
+            let (_, v) = kv.map_err(io)?;
+            f(postcard::from_bytes(v.value())?)?;
+        }
+        Ok(())
     }
 
     fn marks(&self, log: LogId) -> StoreResult<LogMarks> {

@@ -45,25 +45,92 @@ struct SharedGroup<S> {
     next: AtomicUsize,
 }
 
+/// Most topics have a subscriber or two (a device's own topic): they keep
+/// a short list; past this many, a map.
+const FEW: usize = 8;
+
+/// The plain (not shared) subscriptions at one node, by client id.
+enum Subs<S> {
+    Few(Vec<(Arc<str>, Entry<S>)>),
+    Many(Box<HashMap<Arc<str>, Entry<S>>>),
+}
+
+impl<S> Subs<S> {
+    /// Adds or replaces; true if it is new.
+    fn insert(&mut self, client_id: &Arc<str>, entry: Entry<S>) -> bool {
+        match self {
+            Subs::Few(v) => {
+                if let Some(e) = v.iter_mut().find(|(c, _)| c == client_id) {
+                    e.1 = entry;
+                    return false;
+                }
+                if v.len() < FEW {
+                    v.push((client_id.clone(), entry));
+                    return true;
+                }
+                let mut map: HashMap<Arc<str>, Entry<S>> = v.drain(..).collect();
+                map.insert(client_id.clone(), entry);
+                *self = Subs::Many(Box::new(map));
+                true
+            }
+            Subs::Many(m) => m.insert(client_id.clone(), entry).is_none(),
+        }
+    }
+
+    fn remove(&mut self, client_id: &str) -> bool {
+        match self {
+            Subs::Few(v) => {
+                let before = v.len();
+                v.retain(|(c, _)| &**c != client_id);
+                if v.is_empty() {
+                    *v = Vec::new();
+                }
+                v.len() != before
+            }
+            Subs::Many(m) => m.remove(client_id).is_some(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Subs::Few(v) => v.is_empty(),
+            Subs::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&Arc<str>, &Entry<S>)) {
+        match self {
+            Subs::Few(v) => v.iter().for_each(|(c, e)| f(c, e)),
+            Subs::Many(m) => m.iter().for_each(|(c, e)| f(c, e)),
+        }
+    }
+}
+
 struct Node<S> {
-    children: HashMap<Box<str>, Node<S>>,
-    subs: HashMap<Arc<str>, Entry<S>>,
-    shared: HashMap<Box<str>, SharedGroup<S>>,
+    /// Allocated by the first child (most nodes are leaves).
+    children: Option<Box<HashMap<Box<str>, Node<S>>>>,
+    subs: Subs<S>,
+    /// Allocated by the first shared subscription here.
+    shared: Option<Box<HashMap<Box<str>, SharedGroup<S>>>>,
 }
 
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Node {
-            children: HashMap::new(),
-            subs: HashMap::new(),
-            shared: HashMap::new(),
+            children: None,
+            subs: Subs::Few(Vec::new()),
+            shared: None,
         }
     }
 }
 
 impl<S> Node<S> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
+        self.children.is_none() && self.subs.is_empty() && self.shared.is_none()
+    }
+
+    fn child(&self, level: &str) -> Option<&Node<S>> {
+        self.children.as_ref()?.get(level)
     }
 }
 
@@ -96,7 +163,11 @@ impl<S: Clone> Router<S> {
     fn node_mut(&mut self, filter: &str) -> &mut Node<S> {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node
+                .children
+                .get_or_insert_with(Default::default)
+                .entry(level.into())
+                .or_default();
         }
         node
     }
@@ -113,9 +184,10 @@ impl<S: Clone> Router<S> {
         let node = self.node_mut(filter);
         let entry = Entry { session, opts };
         let new = match group {
-            None => node.subs.insert(client_id.clone(), entry).is_none(),
+            None => node.subs.insert(client_id, entry),
             Some(g) => {
-                let grp = node.shared.entry(g.into()).or_insert_with(|| SharedGroup {
+                let shared = node.shared.get_or_insert_with(Default::default);
+                let grp = shared.entry(g.into()).or_insert_with(|| SharedGroup {
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
                 });
@@ -155,27 +227,39 @@ impl<S: Clone> Router<S> {
     ) -> bool {
         let Some((first, rest)) = levels.split_first() else {
             return match group {
-                None => node.subs.remove(client_id).is_some(),
+                None => node.subs.remove(client_id),
                 Some(g) => {
-                    let Some(grp) = node.shared.get_mut(g) else {
+                    let Some(shared) = node.shared.as_mut() else {
+                        return false;
+                    };
+                    let Some(grp) = shared.get_mut(g) else {
                         return false;
                     };
                     let before = grp.members.len();
                     grp.members.retain(|(c, _)| &**c != client_id);
                     let removed = grp.members.len() != before;
                     if grp.members.is_empty() {
-                        node.shared.remove(g);
+                        shared.remove(g);
+                        if shared.is_empty() {
+                            node.shared = None;
+                        }
                     }
                     removed
                 }
             };
         };
-        let Some(child) = node.children.get_mut(*first) else {
+        let Some(children) = node.children.as_mut() else {
+            return false;
+        };
+        let Some(child) = children.get_mut(*first) else {
             return false;
         };
         let removed = Self::remove_at(child, rest, client_id, group);
         if child.is_empty() {
-            node.children.remove(*first);
+            children.remove(*first);
+            if children.is_empty() {
+                node.children = None;
+            }
         }
         removed
     }
@@ -189,14 +273,14 @@ impl<S: Clone> Router<S> {
     }
 
     fn collect(node: &Node<S>, available: &impl Fn(&S) -> bool, out: &mut Vec<Matched<S>>) {
-        for (cid, e) in &node.subs {
+        node.subs.for_each(|cid, e| {
             out.push(Matched {
                 client_id: cid.clone(),
                 session: e.session.clone(),
                 opts: e.opts,
-            });
-        }
-        for grp in node.shared.values() {
+            })
+        });
+        for grp in node.shared.iter().flat_map(|m| m.values()) {
             let n = grp.members.len();
             if n == 0 {
                 continue;
@@ -224,7 +308,7 @@ impl<S: Clone> Router<S> {
     ) {
         // `a/#` also matches `a` itself.
         if !skip_wild {
-            if let Some(multi) = node.children.get("#") {
+            if let Some(multi) = node.child("#") {
                 Self::collect(multi, available, out);
             }
         }
@@ -232,11 +316,11 @@ impl<S: Clone> Router<S> {
             Self::collect(node, available, out);
             return;
         };
-        if let Some(child) = node.children.get(*first) {
+        if let Some(child) = node.child(first) {
             Self::walk(child, rest, false, available, out);
         }
         if !skip_wild {
-            if let Some(child) = node.children.get("+") {
+            if let Some(child) = node.child("+") {
                 Self::walk(child, rest, false, available, out);
             }
         }
@@ -263,6 +347,27 @@ mod tests {
         let mut v: Vec<u32> = out.into_iter().map(|m| m.session).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_topic_grows_from_a_short_list_to_a_map_and_back() {
+        let mut r = Router::default();
+        let cids: Vec<Arc<str>> = (0..20).map(|i| format!("c{i}").into()).collect();
+        for (i, c) in cids.iter().enumerate() {
+            assert!(r.insert(c, None, "room/1", i as u32, opts(1)));
+        }
+        // A repeat replaces, past the short list too.
+        assert!(!r.insert(&cids[3], None, "room/1", 3, opts(0)));
+        assert!(!r.insert(&cids[15], None, "room/1", 15, opts(0)));
+        assert_eq!(ids(&r, "room/1"), (0..20).collect::<Vec<_>>());
+        for c in &cids[..19] {
+            assert!(r.remove(c, None, "room/1"));
+        }
+        assert!(!r.remove(&cids[0], None, "room/1"));
+        assert_eq!(ids(&r, "room/1"), vec![19]);
+        assert!(r.remove(&cids[19], None, "room/1"));
+        assert!(r.is_empty());
+        assert!(r.root.is_empty(), "empty nodes are pruned");
     }
 
     #[test]

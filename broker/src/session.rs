@@ -6,7 +6,7 @@
 //! is also on disk is the caller's business: entries carry the store ids
 //! needed to mirror each transition.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -93,6 +93,66 @@ pub struct SessionLimits {
     pub max_bytes: u64,
 }
 
+/// A session's subscriptions by raw filter. A short list, not a map: a
+/// device has a few, and most sessions are offline ones kept in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions(Vec<(String, SubOptions)>);
+
+impl Subscriptions {
+    /// Adds or replaces; returns the options it had.
+    pub fn insert(&mut self, filter: String, opts: SubOptions) -> Option<SubOptions> {
+        match self.0.iter_mut().find(|(f, _)| *f == filter) {
+            Some(e) => Some(std::mem::replace(&mut e.1, opts)),
+            None => {
+                self.0.push((filter, opts));
+                None
+            }
+        }
+    }
+
+    /// Removes one; returns its options.
+    pub fn remove(&mut self, filter: &str) -> Option<SubOptions> {
+        let i = self.0.iter().position(|(f, _)| f == filter)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    /// True if `filter` is subscribed.
+    pub fn contains_key(&self, filter: &str) -> bool {
+        self.0.iter().any(|(f, _)| f == filter)
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each filter with its options.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &SubOptions)> {
+        self.0.iter().map(|(f, o)| (f, o))
+    }
+
+    /// Takes them all.
+    pub fn drain(&mut self) -> impl Iterator<Item = (String, SubOptions)> + '_ {
+        self.0.drain(..)
+    }
+}
+
+impl FromIterator<(String, SubOptions)> for Subscriptions {
+    fn from_iter<I: IntoIterator<Item = (String, SubOptions)>>(iter: I) -> Self {
+        let mut s = Subscriptions::default();
+        for (f, o) in iter {
+            s.insert(f, o);
+        }
+        s.0.shrink_to_fit();
+        s
+    }
+}
+
 /// The session state.
 #[derive(Debug)]
 pub struct Session {
@@ -108,7 +168,7 @@ pub struct Session {
     /// Session expiry interval, seconds (0: ends with the connection).
     pub expiry_secs: u32,
     /// Subscriptions by raw filter.
-    pub subscriptions: HashMap<String, SubOptions>,
+    pub subscriptions: Subscriptions,
     /// A connection is attached.
     pub online: bool,
     /// Incremented at each attach; lets timers know if they are stale.
@@ -131,6 +191,17 @@ pub struct Session {
     pub loading: u32,
     /// While unloaded: no entry above this floor may be assumed finished.
     disk_floor: Option<u64>,
+    /// Queued and in-flight deliveries; `None` while there are none.
+    w: Option<Box<Window>>,
+    next_seq: u64,
+    limits: SessionLimits,
+}
+
+/// What a session holds while it has deliveries queued or in flight. Most
+/// sessions (idle, or offline with their queue on disk) have none: kept
+/// apart, they cost a pointer instead of a hundred bytes each.
+#[derive(Debug, Default)]
+struct Window {
     queue: VecDeque<Delivery>,
     queued_bytes: u64,
     // Keyed by packet id (a u16 the broker chose, or bounded by the receive
@@ -138,10 +209,14 @@ pub struct Session {
     inflight: FxHashMap<u16, Inflight>,
     /// Sequence numbers of stored deliveries in flight (for [`Session::floor`]).
     inflight_stored: BTreeSet<u64>,
-    /// Allocated by the first incoming QoS 2 PUBLISH.
-    incoming_qos2: Option<Box<FxHashSet<u16>>>,
-    next_seq: u64,
-    limits: SessionLimits,
+    /// Incoming QoS 2 packet ids not yet released.
+    incoming_qos2: FxHashSet<u16>,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty() && self.incoming_qos2.is_empty()
+    }
 }
 
 impl Session {
@@ -153,7 +228,7 @@ impl Session {
             principal: None,
             log,
             expiry_secs,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             online: false,
             generation: 0,
             recorded: false,
@@ -163,11 +238,7 @@ impl Session {
             unloaded_len: 0,
             loading: 0,
             disk_floor: None,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            inflight: FxHashMap::default(),
-            inflight_stored: BTreeSet::new(),
-            incoming_qos2: None,
+            w: None,
             next_seq: 1,
             limits,
         }
@@ -194,20 +265,25 @@ impl Session {
     /// Every stored delivery at or below this sequence number is finished:
     /// the log's floor. It never decreases.
     pub fn floor(&self) -> u64 {
-        // Unstored (QoS 0) entries may sit ahead of stored ones; look a
-        // little way, then settle for a lower, still correct floor.
-        let queued = self
-            .queue
-            .iter()
-            .take(64)
-            .find(|d| d.stored)
-            .or(self.queue.front())
-            .map(|d| d.seq);
-        let inflight = self.inflight_stored.first().copied();
-        let floor = match (queued, inflight) {
-            (Some(a), Some(b)) => a.min(b) - 1,
-            (Some(a), None) | (None, Some(a)) => a - 1,
-            (None, None) => self.next_seq - 1,
+        let floor = match self.w.as_deref() {
+            None => self.next_seq - 1,
+            Some(w) => {
+                // Unstored (QoS 0) entries may sit ahead of stored ones; look
+                // a little way, then settle for a lower, still correct floor.
+                let queued = w
+                    .queue
+                    .iter()
+                    .take(64)
+                    .find(|d| d.stored)
+                    .or(w.queue.front())
+                    .map(|d| d.seq);
+                let inflight = w.inflight_stored.first().copied();
+                match (queued, inflight) {
+                    (Some(a), Some(b)) => a.min(b) - 1,
+                    (Some(a), None) | (None, Some(a)) => a - 1,
+                    (None, None) => self.next_seq - 1,
+                }
+            }
         };
         match self.disk_floor {
             Some(d) if self.unloaded => floor.min(d),
@@ -215,29 +291,36 @@ impl Session {
         }
     }
 
+    /// Releases the window once it holds nothing.
+    fn settle(&mut self) {
+        if self.w.as_ref().is_some_and(|w| w.is_empty()) {
+            self.w = None;
+        }
+    }
+
     /// Keeps the queue on disk only (the session went offline, or was
     /// restored at start-up with `floor`): stored deliveries without a
     /// tracker leave memory. Returns how many left.
     pub fn unload(&mut self, floor: u64) -> usize {
-        let before = self.queue.len() + self.inflight.len();
         self.disk_floor = Some(self.disk_floor.map_or(floor, |d| d.min(floor)));
-        self.queue.retain(|d| !d.stored || d.tracker.is_some());
-        self.inflight
+        self.unloaded = true;
+        let Some(w) = self.w.as_mut() else {
+            return 0;
+        };
+        let before = w.queue.len() + w.inflight.len();
+        w.queue.retain(|d| !d.stored || d.tracker.is_some());
+        w.inflight
             .retain(|_, i| !i.delivery.stored || i.delivery.tracker.is_some());
-        let (inflight, queue) = (&self.inflight, &self.queue);
-        self.inflight_stored.retain(|seq| {
+        let (inflight, queue) = (&w.inflight, &w.queue);
+        w.inflight_stored.retain(|seq| {
             inflight.values().any(|i| i.delivery.seq == *seq) || queue.iter().any(|d| d.seq == *seq)
         });
-        self.queued_bytes = self.queue.iter().map(|d| d.msg.cost()).sum();
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
-        if self.inflight.is_empty() {
-            self.inflight = FxHashMap::default();
-        }
-        let left = before - self.queue.len() - self.inflight.len();
-        self.unloaded = true;
+        w.queued_bytes = w.queue.iter().map(|d| d.msg.cost()).sum();
+        let left = before - w.queue.len() - w.inflight.len();
+        w.queue.shrink_to_fit();
+        w.inflight.shrink_to_fit();
         self.unloaded_len += left;
+        self.settle();
         left
     }
 
@@ -245,43 +328,52 @@ impl Session {
     /// whether it had been sent and released), merged by sequence number
     /// with what memory holds; entries memory already has are skipped.
     pub fn reload(&mut self, loaded: Vec<(Delivery, bool, bool)>) {
-        let in_memory: FxHashSet<u64> = self
-            .queue
-            .iter()
-            .map(|d| d.seq)
-            .chain(self.inflight.values().map(|i| i.delivery.seq))
-            .collect();
-        let mut all: Vec<(Delivery, bool, bool)> = loaded
-            .into_iter()
-            .filter(|(d, _, _)| !in_memory.contains(&d.seq))
-            .collect();
-        all.extend(self.queue.drain(..).map(|d| (d, false, false)));
+        let mut all: Vec<(Delivery, bool, bool)> = Vec::with_capacity(loaded.len());
+        match self.w.as_mut() {
+            None => all.extend(loaded),
+            Some(w) => {
+                let in_memory: FxHashSet<u64> = w
+                    .queue
+                    .iter()
+                    .map(|d| d.seq)
+                    .chain(w.inflight.values().map(|i| i.delivery.seq))
+                    .collect();
+                all.extend(
+                    loaded
+                        .into_iter()
+                        .filter(|(d, _, _)| !in_memory.contains(&d.seq)),
+                );
+                all.extend(w.queue.drain(..).map(|d| (d, false, false)));
+                w.queued_bytes = 0;
+            }
+        }
         all.sort_by_key(|(d, _, _)| d.seq);
-        self.queued_bytes = 0;
         for (d, sent, released) in all {
             self.restore(d, sent, released);
         }
         self.unloaded = false;
         self.unloaded_len = 0;
         self.disk_floor = None;
+        self.settle();
     }
 
     /// Queued (unsent) message count.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.w.as_ref().map_or(0, |w| w.queue.len())
     }
 
     /// In-flight message count.
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.w.as_ref().map_or(0, |w| w.inflight.len())
     }
 
     /// Checks whether one more delivery of `cost` bytes fits.
     pub fn has_room(&self, cost: u64) -> Result<(), QueueFull> {
-        if self.queue.len() + self.unloaded_len >= self.limits.max_messages {
+        if self.queued() + self.unloaded_len >= self.limits.max_messages {
             return Err(QueueFull::Messages);
         }
-        if self.queued_bytes + cost > self.limits.max_bytes {
+        let bytes = self.w.as_ref().map_or(0, |w| w.queued_bytes);
+        if bytes + cost > self.limits.max_bytes {
             return Err(QueueFull::Bytes);
         }
         Ok(())
@@ -289,8 +381,9 @@ impl Session {
 
     /// Appends a delivery (the caller checked [`Session::has_room`]).
     pub fn push(&mut self, d: Delivery) {
-        self.queued_bytes += d.msg.cost();
-        self.queue.push_back(d);
+        let w = self.w.get_or_insert_with(Default::default);
+        w.queued_bytes += d.msg.cost();
+        w.queue.push_back(d);
     }
 
     /// Restores an entry loaded from disk, in sequence order. `sent`: it
@@ -299,13 +392,15 @@ impl Session {
     pub fn restore(&mut self, d: Delivery, sent: bool, released: bool) {
         self.next_seq = self.next_seq.max(d.seq + 1);
         let pkid = pkid_for(d.seq);
-        if !sent || self.inflight.contains_key(&pkid) {
-            self.push(d);
+        let w = self.w.get_or_insert_with(Default::default);
+        if !sent || w.inflight.contains_key(&pkid) {
+            w.queued_bytes += d.msg.cost();
+            w.queue.push_back(d);
         } else {
             if d.stored {
-                self.inflight_stored.insert(d.seq);
+                w.inflight_stored.insert(d.seq);
             }
-            self.inflight.insert(
+            w.inflight.insert(
                 pkid,
                 Inflight {
                     delivery: d,
@@ -319,18 +414,20 @@ impl Session {
     /// The next thing to send, if the in-flight window (`max_inflight`) has
     /// room. QoS 0 messages queued behind QoS 1/2 keep their order.
     pub fn next(&mut self, max_inflight: usize, now: u64) -> Option<Next> {
-        let front = self.queue.front()?;
+        let w = self.w.as_mut()?;
+        let front = w.queue.front()?;
         if front.msg.expired(now) {
-            let d = self.queue.pop_front()?;
-            self.queued_bytes -= d.msg.cost();
+            let d = w.queue.pop_front()?;
+            w.queued_bytes -= d.msg.cost();
+            self.settle();
             return Some(Next::Expired(d));
         }
-        if front.qos > 0 && self.inflight.len() >= max_inflight {
+        if front.qos > 0 && w.inflight.len() >= max_inflight {
             return None;
         }
         let pkid = if front.qos > 0 {
             let p = pkid_for(front.seq);
-            if self.inflight.contains_key(&p) {
+            if w.inflight.contains_key(&p) {
                 // Rare: 65,535 later messages went out while this id is
                 // still unacknowledged. Wait for it.
                 return None;
@@ -339,17 +436,17 @@ impl Session {
         } else {
             0
         };
-        let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.msg.cost();
-        if self.queue.is_empty() {
+        let d = w.queue.pop_front()?;
+        w.queued_bytes -= d.msg.cost();
+        if w.queue.is_empty() {
             // An idle session keeps no queue buffer.
-            self.queue = VecDeque::new();
+            w.queue = VecDeque::new();
         }
         if pkid != 0 {
             if d.stored {
-                self.inflight_stored.insert(d.seq);
+                w.inflight_stored.insert(d.seq);
             }
-            self.inflight.insert(
+            w.inflight.insert(
                 pkid,
                 Inflight {
                     delivery: d.clone(),
@@ -358,6 +455,7 @@ impl Session {
                 },
             );
         }
+        self.settle();
         Some(Next::Publish {
             delivery: d,
             pkid,
@@ -367,7 +465,10 @@ impl Session {
 
     /// Everything in flight, in log order, to re-send after a reconnect.
     pub fn resend(&self) -> Vec<Next> {
-        let mut v: Vec<&Inflight> = self.inflight.values().collect();
+        let Some(w) = self.w.as_deref() else {
+            return Vec::new();
+        };
+        let mut v: Vec<&Inflight> = w.inflight.values().collect();
         v.sort_by_key(|i| i.delivery.seq);
         v.into_iter()
             .map(|i| {
@@ -384,9 +485,13 @@ impl Session {
             .collect()
     }
 
+    fn inflight(&self, pkid: u16) -> Option<&Inflight> {
+        self.w.as_ref()?.inflight.get(&pkid)
+    }
+
     /// PUBACK for `pkid`: the delivery is complete. `None` if unknown.
     pub fn on_puback(&mut self, pkid: u16) -> Option<Delivery> {
-        match self.inflight.get(&pkid) {
+        match self.inflight(pkid) {
             Some(i) if i.delivery.qos == 1 => self.forget(pkid),
             _ => None,
         }
@@ -395,7 +500,7 @@ impl Session {
     /// PUBREC for `pkid`: now waiting for PUBCOMP. Returns the delivery so
     /// the caller can record the state; `None` if unknown.
     pub fn on_pubrec(&mut self, pkid: u16) -> Option<Delivery> {
-        let i = self.inflight.get_mut(&pkid)?;
+        let i = self.w.as_mut()?.inflight.get_mut(&pkid)?;
         if i.delivery.qos != 2 {
             return None;
         }
@@ -405,7 +510,7 @@ impl Session {
 
     /// PUBCOMP for `pkid`: the QoS 2 delivery is complete.
     pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Delivery> {
-        match self.inflight.get(&pkid) {
+        match self.inflight(pkid) {
             Some(i) if i.released => self.forget(pkid),
             _ => None,
         }
@@ -414,40 +519,48 @@ impl Session {
     /// Drops an in-flight entry without an acknowledgement (it could not be
     /// sent, e.g. too large for the client).
     pub fn forget(&mut self, pkid: u16) -> Option<Delivery> {
-        let d = self.inflight.remove(&pkid)?.delivery;
-        self.inflight_stored.remove(&d.seq);
-        if self.inflight.is_empty() {
+        let w = self.w.as_mut()?;
+        let d = w.inflight.remove(&pkid)?.delivery;
+        w.inflight_stored.remove(&d.seq);
+        if w.inflight.is_empty() {
             // Nothing in flight: release the table (idle sessions are most
             // sessions).
-            self.inflight = FxHashMap::default();
+            w.inflight = FxHashMap::default();
         }
+        self.settle();
         Some(d)
     }
 
     /// An incoming QoS 2 PUBLISH: true if `pkid` is new (route it), false
     /// if it is a re-send of one not yet released (do not route again).
     pub fn incoming_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.get_or_insert_default().insert(pkid)
+        let w = self.w.get_or_insert_with(Default::default);
+        w.incoming_qos2.insert(pkid)
     }
 
     /// Incoming PUBREL: forget `pkid`. True if it was known.
     pub fn incoming_release(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.as_mut().is_some_and(|s| s.remove(&pkid))
+        let known = self
+            .w
+            .as_mut()
+            .is_some_and(|w| w.incoming_qos2.remove(&pkid));
+        self.settle();
+        known
     }
 
     /// Incoming QoS 2 messages waiting for PUBREL.
     pub fn incoming_pending(&self) -> usize {
-        self.incoming_qos2.as_ref().map_or(0, |s| s.len())
+        self.w.as_ref().map_or(0, |w| w.incoming_qos2.len())
     }
 
     /// Empties the session, returning every delivery it held (queued and in
     /// flight), so their stored messages can be released.
     pub fn drain(&mut self) -> Vec<Delivery> {
-        self.queued_bytes = 0;
-        self.incoming_qos2 = None;
-        self.inflight_stored.clear();
-        let mut out: Vec<Delivery> = self.queue.drain(..).collect();
-        out.extend(self.inflight.drain().map(|(_, i)| i.delivery));
+        let Some(mut w) = self.w.take() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Delivery> = w.queue.drain(..).collect();
+        out.extend(w.inflight.drain().map(|(_, i)| i.delivery));
         out
     }
 
@@ -455,9 +568,10 @@ impl Session {
     /// deliveries are no longer on disk (the store released the bodies
     /// they referred to).
     pub fn unstore(&mut self) {
-        self.inflight_stored.clear();
-        let queued = self.queue.iter_mut();
-        let inflight = self.inflight.values_mut().map(|i| &mut i.delivery);
+        let Some(w) = self.w.as_mut() else { return };
+        w.inflight_stored.clear();
+        let queued = w.queue.iter_mut();
+        let inflight = w.inflight.values_mut().map(|i| &mut i.delivery);
         for d in queued.chain(inflight) {
             d.stored = false;
             d.msg_id = 0;
@@ -469,8 +583,11 @@ impl Session {
     /// ones that carry a tracker.
     pub fn drop_qos0(&mut self) -> Vec<Delivery> {
         let mut tracked = Vec::new();
-        let before = self.queue.len();
-        self.queue.retain_mut(|d| {
+        let Some(w) = self.w.as_mut() else {
+            return tracked;
+        };
+        let before = w.queue.len();
+        w.queue.retain_mut(|d| {
             if d.qos > 0 {
                 return true;
             }
@@ -479,9 +596,10 @@ impl Session {
             }
             false
         });
-        if self.queue.len() != before {
-            self.queued_bytes = self.queue.iter().map(|d| d.msg.cost()).sum();
+        if w.queue.len() != before {
+            w.queued_bytes = w.queue.iter().map(|d| d.msg.cost()).sum();
         }
+        self.settle();
         tracked
     }
 }

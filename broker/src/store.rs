@@ -220,6 +220,17 @@ pub trait Store: Send + Sync {
     fn next_id(&self) -> u64;
     /// All session records.
     fn load_sessions(&self) -> StoreResult<Vec<SessionRecord>>;
+    /// Hands each session record to `f` in turn, without holding them all
+    /// (start-up with many sessions). The default reads them all first.
+    fn visit_sessions(
+        &self,
+        f: &mut dyn FnMut(SessionRecord) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        for rec in self.load_sessions()? {
+            f(rec)?;
+        }
+        Ok(())
+    }
     /// `log`'s marks (zero if never set).
     fn marks(&self, log: LogId) -> StoreResult<LogMarks>;
     /// The live entries of `log` (above the floor, not removed), in order.

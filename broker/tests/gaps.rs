@@ -230,6 +230,12 @@ impl Store for Counting {
     fn load_sessions(&self) -> courier::store::StoreResult<Vec<courier::store::SessionRecord>> {
         self.inner.load_sessions()
     }
+    fn visit_sessions(
+        &self,
+        f: &mut dyn FnMut(courier::store::SessionRecord) -> courier::store::StoreResult<()>,
+    ) -> courier::store::StoreResult<()> {
+        self.inner.visit_sessions(f)
+    }
     fn marks(&self, log: u64) -> courier::store::StoreResult<courier::store::LogMarks> {
         self.inner.marks(log)
     }

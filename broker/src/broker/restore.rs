@@ -17,10 +17,9 @@ impl Broker {
         }
         let now = unix_now();
         let limits = self.session_limits();
-        let records = self.store.load_sessions()?;
-        let count = records.len();
-        let mut queued = 0;
-        for rec in records {
+        let (mut count, mut queued) = (0, 0);
+        self.store.visit_sessions(&mut |rec| {
+            count += 1;
             let cid: Arc<str> = rec.client_id.as_str().into();
             let mut s = Session::new(cid.clone(), rec.log, rec.expiry_secs, limits);
             s.recorded = true;
@@ -44,7 +43,8 @@ impl Broker {
             // A record without a disconnect time was live at a crash.
             let since = rec.disconnected_at.unwrap_or(now);
             self.schedule_expiry(&handle, 0, rec.expiry_secs, now.saturating_sub(since));
-        }
+            Ok(())
+        })?;
         tracing::info!(
             sessions = count,
             queued_at_most = queued,
