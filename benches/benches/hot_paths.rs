@@ -100,7 +100,7 @@ fn store_bench(c: &mut Criterion) {
                         floor: Some(seq),
                     },
                 ];
-                store.commit(&mut writes.into_iter()).unwrap();
+                store.commit(&mut writes.iter()).unwrap();
             })
         });
     }

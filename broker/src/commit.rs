@@ -137,7 +137,14 @@ pub struct GroupCommit {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Pause before a commit that follows straight on another.
     delay: std::time::Duration,
+    /// How long a commit the store refuses as unavailable (retryable) is
+    /// tried again before it fails.
+    retry_for: std::time::Duration,
+    retries: AtomicU64,
 }
+
+/// How long a commit is retried while the store says it is unavailable.
+pub const DEFAULT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl GroupCommit {
     /// Starts the flusher thread for `store`. Under continuous load each
@@ -147,6 +154,16 @@ impl GroupCommit {
     pub fn start(
         store: Arc<dyn Store>,
         delay: std::time::Duration,
+    ) -> std::io::Result<Arc<GroupCommit>> {
+        Self::start_with(store, delay, DEFAULT_RETRY_FOR)
+    }
+
+    /// Like [`GroupCommit::start`], retrying a commit the store refuses as
+    /// unavailable for up to `retry_for` before failing its waiters.
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        delay: std::time::Duration,
+        retry_for: std::time::Duration,
     ) -> std::io::Result<Arc<GroupCommit>> {
         let (done, _) = watch::channel((0, None));
         let gc = Arc::new(GroupCommit {
@@ -164,6 +181,8 @@ impl GroupCommit {
             failed: Mutex::new(None),
             thread: Mutex::new(None),
             delay,
+            retry_for,
+            retries: AtomicU64::new(0),
         });
         let me = gc.clone();
         let t = std::thread::Builder::new()
@@ -247,8 +266,28 @@ impl GroupCommit {
         }
         self.applied.fetch_add(applied, Ordering::Relaxed);
         self.cancelled.fetch_add(cancelled, Ordering::Relaxed);
-        let mut writes = ops.into_iter().flatten();
-        let e = store.commit(&mut writes).err()?;
+        // A backend that is unavailable for now applied nothing: the same
+        // batch is offered again, with backoff, for up to `retry_for`; the
+        // waiters wait meanwhile. Any other error is final.
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(10);
+        let e = loop {
+            let mut writes = ops.iter().flatten();
+            match store.commit(&mut writes) {
+                Ok(()) => return None,
+                Err(e)
+                    if e.is_retryable()
+                        && started.elapsed() + pause <= self.retry_for
+                        && !self.closed.load(Ordering::Acquire) =>
+                {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "store unavailable; retrying the commit");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => break e,
+            }
+        };
         tracing::error!(error = %e, "store commit failed; acknowledgements that need the store fail until a restart");
         let e = SyncFailed(e.to_string());
         *failed = Some(e.clone());
@@ -447,6 +486,23 @@ impl GroupCommit {
         }
     }
 
+    /// True when every write journaled so far is in the store: the journal
+    /// is empty and the flusher is asleep (not in a commit). Readers that
+    /// need the store to reflect the journal skip waiting then.
+    pub fn settled(&self) -> bool {
+        // The journal first, then the flusher, each lock on its own (the
+        // journal's guard takes `idle` when it kicks): an empty journal
+        // and then an idle flusher mean that whatever was taken from the
+        // journal before has been committed.
+        let empty = self.journal.lock().ops.is_empty();
+        empty && *self.idle.lock()
+    }
+
+    /// Commits tried again because the store was unavailable.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     /// Number of syncs performed.
     pub fn syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
@@ -600,6 +656,102 @@ mod tests {
         gc.unref_message(2);
         gc.durable().await.unwrap();
         assert!(store.get_message(2).unwrap().is_none());
+    }
+
+    /// A store that answers "unavailable" (retryable, nothing applied) to
+    /// its first `fail` commits, then commits for real.
+    struct Flaky {
+        inner: Arc<RedbStore>,
+        fail: AtomicU64,
+    }
+
+    impl Store for Flaky {
+        fn commit(&self, w: &mut dyn Iterator<Item = &Write>) -> crate::store::StoreResult<()> {
+            let left = self.fail.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fail.store(left - 1, Ordering::SeqCst);
+                return Err(crate::store::StoreError::Unavailable("server busy".into()));
+            }
+            self.inner.commit(w)
+        }
+        fn next_id(&self) -> u64 {
+            self.inner.next_id()
+        }
+        fn load_sessions(&self) -> crate::store::StoreResult<Vec<SessionRecord>> {
+            self.inner.load_sessions()
+        }
+        fn marks(&self, log: LogId) -> crate::store::StoreResult<crate::store::LogMarks> {
+            self.inner.marks(log)
+        }
+        fn entries(&self, log: LogId) -> crate::store::StoreResult<Vec<(u64, QueueRecord)>> {
+            self.inner.entries(log)
+        }
+        fn cursor(&self, log: LogId, consumer: &str) -> crate::store::StoreResult<u64> {
+            self.inner.cursor(log, consumer)
+        }
+        fn get_message(&self, id: u64) -> crate::store::StoreResult<Option<Message>> {
+            self.inner.get_message(id)
+        }
+        fn message_ids(&self) -> crate::store::StoreResult<Vec<u64>> {
+            self.inner.message_ids()
+        }
+        fn load_retained(&self) -> crate::store::StoreResult<Vec<Message>> {
+            self.inner.load_retained()
+        }
+        fn log_last(&self, log: &str) -> crate::store::StoreResult<u64> {
+            self.inner.log_last(log)
+        }
+        fn log_read(
+            &self,
+            log: &str,
+            from: u64,
+            limit: usize,
+        ) -> crate::store::StoreResult<Vec<crate::store::LogRecord>> {
+            self.inner.log_read(log, from, limit)
+        }
+        fn log_read_back(
+            &self,
+            log: &str,
+            before: u64,
+            limit: usize,
+        ) -> crate::store::StoreResult<Vec<crate::store::LogRecord>> {
+            self.inner.log_read_back(log, before, limit)
+        }
+        fn log_seq_of(&self, log: &str, id: &str) -> crate::store::StoreResult<Option<u64>> {
+            self.inner.log_seq_of(log, id)
+        }
+        fn log_cursors(&self, log: &str) -> crate::store::StoreResult<Vec<(String, u64)>> {
+            self.inner.log_cursors(log)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_store_is_retried_and_then_fails_the_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbStore::open(dir.path()).unwrap();
+        let flaky = Arc::new(Flaky {
+            inner: inner.clone(),
+            fail: AtomicU64::new(3),
+        });
+        let second = std::time::Duration::from_secs(1);
+        let gc = GroupCommit::start_with(flaky.clone(), Default::default(), 10 * second).unwrap();
+        // Three refusals, then it commits: the waiter is answered Ok and the
+        // write is there.
+        gc.put_retained(msg());
+        gc.durable().await.unwrap();
+        assert_eq!(gc.retries(), 3);
+        assert_eq!(inner.load_retained().unwrap().len(), 1);
+        // Unavailable for longer than the retry window: the waiter fails,
+        // and so does every later one.
+        flaky.fail.store(u64::MAX, Ordering::SeqCst);
+        let short =
+            GroupCommit::start_with(flaky.clone(), Default::default(), second / 10).unwrap();
+        short.delete_retained("t");
+        assert!(short.durable().await.is_err());
+        flaky.fail.store(0, Ordering::SeqCst);
+        short.delete_retained("t");
+        assert!(short.durable().await.is_err(), "no quiet recovery");
+        assert_eq!(inner.load_retained().unwrap().len(), 1, "nothing applied");
     }
 
     #[tokio::test]

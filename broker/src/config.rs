@@ -46,6 +46,11 @@ pub struct Config {
     /// waits to gather more writes (microseconds; 0 = never waits). Only
     /// under continuous load: a commit after an idle moment starts at once.
     pub commit_delay_us: u64,
+    /// How long a commit that the store refuses as unavailable (a
+    /// retryable error: a networked backend's timeout) is tried again
+    /// before the acknowledgements waiting on it fail (seconds). The
+    /// embedded store never refuses that way.
+    pub commit_retry_secs: u64,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Authentication.
@@ -67,6 +72,7 @@ impl Default for Config {
             durability: Durability::Fsync,
             flush_interval_ms: 100,
             commit_delay_us: 500,
+            commit_retry_secs: 30,
             limits: Limits::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),

@@ -191,7 +191,7 @@ impl RedbStore {
         self.db.begin_read().map_err(io)
     }
 
-    fn apply(&self, writes: &mut dyn Iterator<Item = Write>) -> StoreResult<()> {
+    fn apply(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()> {
         let tx = self.db.begin_write().map_err(io)?;
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
@@ -208,12 +208,13 @@ impl RedbStore {
             for w in writes {
                 match w {
                     Write::PutSession(rec) => {
-                        let v = postcard::to_stdvec(&rec)?;
+                        let v = postcard::to_stdvec(rec)?;
                         sessions
                             .insert(rec.client_id.as_str(), v.as_slice())
                             .map_err(io)?;
                     }
                     Write::DeleteSession { client_id, log } => {
+                        let log = *log;
                         // Only the record of that session: a newer session of
                         // the same client (another log) keeps its record.
                         let current = match sessions.get(client_id.as_str()).map_err(io)? {
@@ -242,14 +243,16 @@ impl RedbStore {
                         marks.remove(log).map_err(io)?;
                     }
                     Write::PutMessage(id, m, n) => {
-                        let v = postcard::to_stdvec(&*m)?;
+                        let (id, n) = (*id, *n);
+                        let v = postcard::to_stdvec(&**m)?;
                         messages.insert(id, v.as_slice()).map_err(io)?;
                         refs.insert(id, n).map_err(io)?;
                     }
                     Write::MessageRefs(id, delta) => {
-                        change_refs(&mut messages, &mut refs, id, delta)?;
+                        change_refs(&mut messages, &mut refs, *id, *delta)?;
                     }
                     Write::Append(log, entries) => {
+                        let log = *log;
                         // Keyed by the highest sequence number: the batch is
                         // freed only once the floor has passed all of it.
                         if let Some(last) = entries.iter().map(|e| e.0).max() {
@@ -262,14 +265,17 @@ impl RedbStore {
                         }
                     }
                     Write::RewriteEntry(log, seq, rec) => {
+                        let (log, seq) = (*log, *seq);
                         let v = postcard::to_stdvec(&rec)?;
                         logs.insert((log, seq, REWRITE), v.as_slice()).map_err(io)?;
                     }
                     Write::RemoveEntry(log, seq) => {
+                        let (log, seq) = (*log, *seq);
                         logs.insert((log, seq, REMOVED), [].as_slice())
                             .map_err(io)?;
                     }
                     Write::Marks { log, sent, floor } => {
+                        let (log, sent, floor) = (*log, *sent, *floor);
                         let old = get_marks(&marks, log)?;
                         let new = (sent.unwrap_or(old.0), floor.unwrap_or(old.1), old.2);
                         marks.insert(log, new).map_err(io)?;
@@ -279,10 +285,12 @@ impl RedbStore {
                         }
                     }
                     Write::SetCursor { log, consumer, seq } => {
-                        cursors.insert((log, consumer.as_str()), seq).map_err(io)?;
+                        cursors
+                            .insert((*log, consumer.as_str()), *seq)
+                            .map_err(io)?;
                     }
                     Write::PutRetained(m) => {
-                        let v = postcard::to_stdvec(&*m)?;
+                        let v = postcard::to_stdvec(&**m)?;
                         retained
                             .insert(m.topic.as_str(), v.as_slice())
                             .map_err(io)?;
@@ -292,7 +300,7 @@ impl RedbStore {
                     }
                     Write::LogAppend { log, records } => {
                         let mut last = 0;
-                        for r in &records {
+                        for r in records {
                             let v = postcard::to_stdvec(&(&r.id, r.time_ms, &r.data))?;
                             nlogs
                                 .insert((log.as_str(), r.seq), v.as_slice())
@@ -306,6 +314,7 @@ impl RedbStore {
                         nheads.insert(log.as_str(), last).map_err(io)?;
                     }
                     Write::LogTrim { log, upto } => {
+                        let upto = *upto;
                         // The ids of what goes, then the records.
                         let mut ids = Vec::new();
                         for kv in nlogs
@@ -326,7 +335,7 @@ impl RedbStore {
                     }
                     Write::LogCursor { log, consumer, seq } => {
                         ncursors
-                            .insert((log.as_str(), consumer.as_str()), seq)
+                            .insert((log.as_str(), consumer.as_str()), *seq)
                             .map_err(io)?;
                     }
                 }
@@ -428,7 +437,7 @@ fn log_record(seq: u64, v: &[u8]) -> StoreResult<LogRecord> {
 }
 
 impl Store for RedbStore {
-    fn commit(&self, writes: &mut dyn Iterator<Item = Write>) -> StoreResult<()> {
+    fn commit(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Io(
                 "an earlier commit failed; restart the broker to recover the store".into(),
@@ -594,7 +603,7 @@ mod tests {
     }
 
     fn commit(s: &RedbStore, writes: Vec<Write>) {
-        s.commit(&mut writes.into_iter()).unwrap();
+        s.commit(&mut writes.iter()).unwrap();
     }
 
     fn marks(log: LogId, sent: Option<u64>, floor: Option<u64>) -> Write {

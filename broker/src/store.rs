@@ -40,6 +40,22 @@ pub enum StoreError {
         /// What is wrong, and what to do about it.
         problem: String,
     },
+    /// The backend cannot take the operation now (a networked backend's
+    /// timeout or lost connection, an overloaded server) and applied none
+    /// of it: the same operation may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// True if trying the same operation again may succeed
+    /// ([`StoreError::Unavailable`]): the group commit retries such a
+    /// commit for a while before failing the acknowledgements that wait
+    /// on it. Every other error is fatal: after a failed write or fsync
+    /// what it covered may be gone, so nothing is retried (DURABILITY.md).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// Result alias for storage calls.
@@ -212,8 +228,9 @@ pub trait Store: Send + Sync {
     /// (fsync or fdatasync, covering data and the metadata needed to find
     /// it after a reboot) before returning. After an error nothing of the
     /// batch may be assumed durable, and the backend may refuse every later
-    /// commit.
-    fn commit(&self, writes: &mut dyn Iterator<Item = Write>) -> StoreResult<()>;
+    /// commit, unless the error [`is_retryable`](StoreError::is_retryable)
+    /// (nothing was applied; the same batch is offered again).
+    fn commit(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()>;
     /// A fresh id, unique across restarts and never 0 (message ids, log
     /// ids). Handed out from memory; a commit makes every id it used safe
     /// from reuse.

@@ -220,7 +220,7 @@ struct Counting {
 impl Store for Counting {
     fn commit(
         &self,
-        w: &mut dyn Iterator<Item = courier::store::Write>,
+        w: &mut dyn Iterator<Item = &courier::store::Write>,
     ) -> courier::store::StoreResult<()> {
         self.inner.commit(w)
     }

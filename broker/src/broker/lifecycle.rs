@@ -165,7 +165,9 @@ impl Broker {
     /// sent and released before; entries whose body is missing are
     /// dropped (and removed).
     async fn read_queue(&self, log: u64) -> Result<Vec<(Delivery, bool, bool)>, BrokerError> {
-        self.commit.durable().await?;
+        if !self.commit.settled() {
+            self.commit.durable().await?;
+        }
         let store = self.store.clone();
         let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let marks = store.marks(log)?;

@@ -129,7 +129,8 @@ impl Broker {
         store: Arc<dyn Store>,
     ) -> Result<Arc<Broker>, BrokerError> {
         let delay = Duration::from_micros(config.commit_delay_us);
-        let commit = GroupCommit::start(store.clone(), delay)?;
+        let retry_for = Duration::from_secs(config.commit_retry_secs);
+        let commit = GroupCommit::start_with(store.clone(), delay, retry_for)?;
         let logs = Logs::new(store.clone(), commit.clone());
         let (events, _) = broadcast::channel(4096);
         let (shutdown, _) = watch::channel(false);
