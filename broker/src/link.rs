@@ -260,25 +260,14 @@ impl Link {
     }
 
     fn finish(&self, id: u16, qos2: bool) {
-        let done = {
-            let mut s = self.session.state.lock();
-            let d = if qos2 {
+        self.broker.acknowledged(&self.session, self.log, |s| {
+            if qos2 {
                 s.on_pubrec(id);
                 s.on_pubcomp(id)
             } else {
                 s.on_puback(id)
-            };
-            d.map(|d| (d, s.floor()))
-        };
-        if let Some((d, floor)) = done {
-            self.broker.complete(
-                &self.client.client_id,
-                self.log,
-                &d,
-                floor,
-                Outcome::Acknowledged,
-            );
-        }
+            }
+        });
     }
 
     /// Wakes publishers throttled by this session's backlog.

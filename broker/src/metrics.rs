@@ -51,6 +51,8 @@ counters! {
     sessions_expired,
     /// Store errors.
     store_errors,
+    /// Offline sessions whose queued deliveries left memory for disk.
+    queues_unloaded,
     /// Publishes handed to a namespace handler.
     namespace_publishes,
     /// Namespace publishes the handler refused.

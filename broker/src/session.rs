@@ -191,6 +191,9 @@ pub struct Session {
     pub loading: u32,
     /// While unloaded: no entry above this floor may be assumed finished.
     disk_floor: Option<u64>,
+    /// Commits completed when an entry last went to disk only: until two
+    /// more have, the store may not have it yet.
+    pub disk_epoch: u64,
     /// Queued and in-flight deliveries; `None` while there are none.
     w: Option<Box<Window>>,
     next_seq: u64,
@@ -238,6 +241,7 @@ impl Session {
             unloaded_len: 0,
             loading: 0,
             disk_floor: None,
+            disk_epoch: 0,
             w: None,
             next_seq: 1,
             limits,

@@ -159,16 +159,12 @@ async fn open_when_released(data: &std::path::Path) -> std::sync::Arc<RedbStore>
     .expect("store released after shutdown")
 }
 
-/// Every session ends unread or is read, across restarts in between, and
-/// the one body they shared is kept exactly as long as one of them needs
-/// it: the store counts its references, so a session that ends while its
-/// queue is on disk (never loaded since the restart) releases its share.
-#[tokio::test]
-async fn a_shared_body_outlives_a_session_that_ends_without_loading_its_queue() {
+/// "phone" and "tablet" subscribe to one topic and leave; one QoS 1
+/// message is published to it (one body, two queue entries); the broker
+/// on `data` is shut down.
+async fn one_message_for_two_offline_sessions(data: &std::path::Path) {
     use common::v4::*;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut server = start_on(&data).await;
+    let mut server = start_on(data).await;
     let port = tcp_port(&server);
     for id in ["phone", "tablet"] {
         subscribe_and_leave(&opts(id, port), "family/chat").await;
@@ -180,7 +176,18 @@ async fn a_shared_body_outlives_a_session_that_ends_without_loading_its_queue() 
     puback(&mut pel).await;
     drop(publ);
     server.shutdown().await.unwrap();
-    drop(server);
+}
+
+/// Every session ends unread or is read, across restarts in between, and
+/// the one body they shared is kept exactly as long as one of them needs
+/// it: the store counts its references, so a session that ends while its
+/// queue is on disk (never loaded since the restart) releases its share.
+#[tokio::test]
+async fn a_shared_body_outlives_a_session_that_ends_without_loading_its_queue() {
+    use common::v4::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    one_message_for_two_offline_sessions(&data).await;
     // After a restart the tablet starts clean: its old session, whose queue
     // was never read back, ends.
     let mut server = start_on(&data).await;
@@ -332,7 +339,22 @@ async fn queues_stay_on_disk_until_their_session_attaches() {
             puback(&mut pel).await;
         }
     }
-    // `a` was offline all along, while the broker ran: read on attach.
+    // Offline while the broker ran: once their queues are on disk (the
+    // broker's one-second sweep, after two commits), `a` reads its own back.
+    let unloaded = || {
+        server
+            .broker
+            .metrics
+            .queues_unloaded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    tokio::time::timeout(WAIT, async {
+        while unloaded() < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the offline queues left memory");
     let mut o = opts("a", port);
     o.set_clean_session(false);
     let (_a, mut ael) = client(o);
@@ -389,19 +411,7 @@ async fn message_is_stored_once_and_deleted_when_no_session_needs_it() {
     use common::v4::*;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = start_on(&data).await;
-    let port = tcp_port(&server);
-    for id in ["phone", "tablet"] {
-        subscribe_and_leave(&opts(id, port), "family/chat").await;
-    }
-    let (publ, mut pel) = client(opts("pub", port));
-    publ.publish("family/chat", QoS::AtLeastOnce, false, "dinner?")
-        .await
-        .unwrap();
-    puback(&mut pel).await;
-    drop(publ);
-    server.shutdown().await.unwrap();
-    drop(server);
+    one_message_for_two_offline_sessions(&data).await;
     let logs = {
         let store = open_when_released(&data).await;
         assert_eq!(

@@ -328,11 +328,7 @@ impl Namespace for ConversationLog {
 
 async fn namespace_broker() -> (courier::Server, Arc<ConversationLog>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = courier::Config {
-        data_dir: dir.path().join("data"),
-        ..courier::Config::default()
-    };
-    cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
+    let cfg = config_in(dir.path());
     let handler = Arc::new(ConversationLog {
         held: parking_lot::Mutex::new(Vec::new()),
     });
@@ -748,11 +744,7 @@ impl courier::Hooks for GatedHooks {
 #[tokio::test]
 async fn an_asynchronous_authenticator_blocks_only_its_own_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = courier::Config {
-        data_dir: dir.path().join("data"),
-        ..courier::Config::default()
-    };
-    cfg.listeners = vec![listener(courier::config::ListenerKind::Tcp)];
+    let cfg = config_in(dir.path());
     let hooks = Arc::new(GatedHooks {
         gate: tokio::sync::Semaphore::new(0),
     });

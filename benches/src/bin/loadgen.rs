@@ -119,6 +119,10 @@ enum Scenario {
         count: u64,
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Seconds to stay away after the last acknowledgement (a broker
+        /// may move an offline queue to disk meanwhile).
+        #[arg(long, default_value_t = 0.0)]
+        away: f64,
     },
 }
 
@@ -512,7 +516,12 @@ async fn broadcast_once(
     Ok(())
 }
 
-async fn run_offline(cli: &Cli, count: u64, size: usize) -> anyhow::Result<serde_json::Value> {
+async fn run_offline(
+    cli: &Cli,
+    count: u64,
+    size: usize,
+    away: f64,
+) -> anyhow::Result<serde_json::Value> {
     let id = run_id();
     let topic = format!("bench/{id}/offline");
     let mut o = options(cli, format!("lg-{id}-away"));
@@ -563,6 +572,7 @@ async fn run_offline(cli: &Cli, count: u64, size: usize) -> anyhow::Result<serde
     .context("acknowledgements")??;
     let publish_s = t_pub.elapsed().as_secs_f64();
     let _ = sender.await?.disconnect().await;
+    tokio::time::sleep(Duration::from_secs_f64(away)).await;
 
     let t0 = Instant::now();
     let (_c, mut el) = AsyncClient::new(o, 10);
@@ -595,6 +605,7 @@ async fn run_offline(cli: &Cli, count: u64, size: usize) -> anyhow::Result<serde
         "count": count,
         "payload": size,
         "publish_s": publish_s,
+        "away_s": away,
         "first_message_ms": first_ms,
         "drain_s": drain_s,
         "drain_msgs_per_s": (count as f64 / drain_s).round(),
@@ -747,7 +758,11 @@ async fn main() -> anyhow::Result<()> {
             parallel,
             message_bytes,
         } => run_conns(&cli, *count, *hold, *parallel, *message_bytes).await?,
-        Scenario::Offline { count, payload } => run_offline(&cli, *count, *payload).await?,
+        Scenario::Offline {
+            count,
+            payload,
+            away,
+        } => run_offline(&cli, *count, *payload, *away).await?,
         Scenario::Fill {
             sessions,
             messages,

@@ -137,7 +137,7 @@ impl Broker {
     /// readable, then reads off the connection's thread. Entries queued
     /// meanwhile are kept in memory as well, and merged by sequence number.
     async fn load_queue(&self, handle: &SessionRef) -> Result<(), BrokerError> {
-        let log = {
+        let (log, disk_epoch) = {
             let mut s = handle.state.lock();
             if !s.unloaded {
                 return Ok(());
@@ -148,9 +148,9 @@ impl Broker {
                 return Ok(());
             }
             s.loading += 1;
-            s.log
+            (s.log, s.disk_epoch)
         };
-        let read = self.read_queue(log).await;
+        let read = self.read_queue(log, disk_epoch).await;
         let mut s = handle.state.lock();
         s.loading -= 1;
         let loaded = read?;
@@ -164,8 +164,14 @@ impl Broker {
     /// A session's live entries as deliveries, each with whether it was
     /// sent and released before; entries whose body is missing are
     /// dropped (and removed).
-    async fn read_queue(&self, log: u64) -> Result<Vec<(Delivery, bool, bool)>, BrokerError> {
-        if !self.commit.settled() {
+    async fn read_queue(
+        &self,
+        log: u64,
+        disk_epoch: u64,
+    ) -> Result<Vec<(Delivery, bool, bool)>, BrokerError> {
+        // Entries it was given while its queue was on disk may still be in
+        // the journal: then the store is read after the next commit.
+        if self.commit.syncs() < disk_epoch + 2 && !self.commit.settled() {
             self.commit.durable().await?;
         }
         let store = self.store.clone();
@@ -235,11 +241,6 @@ impl Broker {
             }
             s.online = false;
             let dropped = s.drop_qos0();
-            if unload && s.persistent() {
-                // An offline session keeps its queue on disk only.
-                let floor = s.floor();
-                s.unload(floor);
-            }
             (s.expiry_secs, s.generation, dropped)
         };
         for d in dropped {
@@ -257,6 +258,44 @@ impl Broker {
         } else {
             self.save_session(&handle.state.lock(), Some(unix_now()));
             self.schedule_expiry(handle, current, expiry, 0);
+            if unload {
+                // Its queue leaves memory once it is all on disk.
+                let epoch = self.commit.syncs();
+                self.unloads
+                    .lock()
+                    .push_back((Arc::downgrade(handle), current, epoch));
+            }
+        }
+    }
+
+    /// Moves the queues of sessions that stayed offline to disk only, once
+    /// everything journaled for them before they went is committed (two
+    /// commits completed since: the one under way then may not have taken
+    /// it). Runs on the broker's one-second tick, so a phone that drops and
+    /// reconnects within a second or so finds its queue still in memory.
+    pub(crate) fn sweep_unloads(&self) {
+        let done = self.commit.syncs();
+        loop {
+            let due = {
+                let mut q = self.unloads.lock();
+                match q.front() {
+                    Some(&(_, _, epoch)) if epoch + 2 <= done => q.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((session, generation, _)) = due else {
+                return;
+            };
+            let Some(h) = session.upgrade() else { continue };
+            let mut s = h.state.lock();
+            let idle = !s.online && !s.ended && s.generation == generation;
+            if idle && s.persistent() && s.loading == 0 && !s.unloaded {
+                let floor = s.floor();
+                s.disk_epoch = done;
+                if s.unload(floor) > 0 {
+                    Metrics::inc(&self.metrics.queues_unloaded);
+                }
+            }
         }
     }
 

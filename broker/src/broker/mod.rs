@@ -85,6 +85,10 @@ pub struct Broker {
     /// Session expiry and will delay for all sessions (on the watchdog's
     /// clock).
     timers: Timers<SessionHandle>,
+    /// Sessions that went offline, with their generation and the commits
+    /// completed then: their queues leave memory once two more commits
+    /// have stored everything journaled for them ([`Broker::sweep_unloads`]).
+    unloads: Mutex<std::collections::VecDeque<(std::sync::Weak<SessionHandle>, u64, u64)>>,
     pub(crate) connections: AtomicUsize,
     /// Topic prefixes owned by in-process handlers.
     namespaces: RwLock<Namespaces>,
@@ -151,6 +155,7 @@ impl Broker {
             feeds: Mutex::default(),
             has_feeds: AtomicBool::new(false),
             timers: Timers::default(),
+            unloads: Mutex::default(),
             connections: AtomicUsize::new(0),
             namespaces: RwLock::default(),
             has_namespaces: AtomicBool::new(false),
@@ -165,6 +170,7 @@ impl Broker {
                 let Some(b) = b.upgrade() else { return };
                 b.watchdog.tick();
                 b.fire_timers(b.watchdog.now_ms());
+                b.sweep_unloads();
             }
         });
         if broker.config.durability == Durability::Periodic {

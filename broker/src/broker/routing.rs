@@ -279,6 +279,7 @@ impl Broker {
         let disk_only = stored && s.unloaded && s.loading == 0 && extra.tracker.is_none();
         if disk_only {
             s.unloaded_len += 1;
+            s.disk_epoch = self.commit.syncs();
         } else {
             s.push(Delivery {
                 seq,
@@ -345,6 +346,24 @@ impl Broker {
         }
         self.commit.finish_entry(log, d.seq, floor);
         self.unref(d.msg_id);
+    }
+
+    /// The client (or link) acknowledged a delivery: `take` finds it in
+    /// the session (`Session::on_puback`, `Session::on_pubcomp`); it is
+    /// completed and its tracker told.
+    pub(crate) fn acknowledged(
+        &self,
+        session: &SessionRef,
+        log: u64,
+        take: impl FnOnce(&mut Session) -> Option<Delivery>,
+    ) {
+        let done = {
+            let mut s = session.state.lock();
+            take(&mut s).map(|d| (d, s.floor()))
+        };
+        if let Some((d, floor)) = done {
+            self.complete(&session.client_id, log, &d, floor, Outcome::Acknowledged);
+        }
     }
 
     /// Records that a delivery was sent, so it is resent as a duplicate

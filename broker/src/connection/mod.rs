@@ -603,19 +603,8 @@ impl<T: Transport> Conn<T> {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                let done = {
-                    let mut s = self.session.state.lock();
-                    s.on_puback(a.pkid).map(|d| (d, s.floor()))
-                };
-                if let Some((d, floor)) = done {
-                    self.broker.complete(
-                        &self.client.client_id,
-                        self.log,
-                        &d,
-                        floor,
-                        Outcome::Acknowledged,
-                    );
-                }
+                self.broker
+                    .acknowledged(&self.session, self.log, |s| s.on_puback(a.pkid));
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -634,19 +623,8 @@ impl<T: Transport> Conn<T> {
                 Ok(())
             }
             Packet::PubComp(c) => {
-                let done = {
-                    let mut s = self.session.state.lock();
-                    s.on_pubcomp(c.pkid).map(|d| (d, s.floor()))
-                };
-                if let Some((d, floor)) = done {
-                    self.broker.complete(
-                        &self.client.client_id,
-                        self.log,
-                        &d,
-                        floor,
-                        Outcome::Acknowledged,
-                    );
-                }
+                self.broker
+                    .acknowledged(&self.session, self.log, |s| s.on_pubcomp(c.pkid));
                 Ok(())
             }
             Packet::PubRel(r) => {

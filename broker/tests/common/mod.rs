@@ -31,11 +31,7 @@ impl TestBroker {
 
     pub async fn with(f: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        };
-        cfg.listeners = vec![listener(ListenerKind::Tcp)];
+        let mut cfg = config_in(dir.path());
         f(&mut cfg);
         let server = Server::start(cfg).await.expect("broker starts");
         TestBroker { server, dir }
@@ -68,6 +64,17 @@ pub async fn start_on(data: &Path) -> Server {
     })
     .await
     .expect("broker starts once the store is released")
+}
+
+/// The default configuration with its data in `dir/data` and one TCP
+/// listener on a free loopback port.
+pub fn config_in(dir: &Path) -> Config {
+    let mut cfg = Config {
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
+    cfg.listeners = vec![listener(ListenerKind::Tcp)];
+    cfg
 }
 
 /// The TCP port of an in-process server.
