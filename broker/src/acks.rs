@@ -56,6 +56,14 @@ impl AckQueue {
         self.qos1
     }
 
+    /// Packet ids of QoS 2 publishes still waiting for their handler.
+    pub(crate) fn unanswered_qos2(&self) -> impl Iterator<Item = u16> + '_ {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Waiting { pkid, qos: 2, slot } if slot.is_empty() => Some(*pkid),
+            _ => None,
+        })
+    }
+
     /// Nothing is queued.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()

@@ -318,10 +318,16 @@ impl GroupCommit {
 
     /// Journals the deletion of a session and its whole queue log.
     pub fn delete_session(&self, client_id: &str, log: LogId) {
-        self.journal().push(Write::DeleteSession {
+        let mut j = self.journal();
+        j.push(Write::DeleteSession {
             client_id: client_id.to_owned(),
             log,
         });
+        // Nothing journaled for the log from now on may coalesce into a
+        // write that comes before its deletion.
+        j.appends.remove(&log);
+        j.marks.remove(&log);
+        j.rewrites.retain(|(l, _), _| *l != log);
     }
 
     /// Journals a message body (written once, however many queues hold it)
@@ -495,7 +501,7 @@ impl GroupCommit {
         // and then an idle flusher mean that whatever was taken from the
         // journal before has been committed.
         let empty = self.journal.lock().ops.is_empty();
-        empty && *self.idle.lock()
+        empty && *self.idle.lock() && self.failed.lock().is_none()
     }
 
     /// Commits tried again because the store was unavailable.

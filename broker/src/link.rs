@@ -213,14 +213,9 @@ impl Link {
             };
             match next {
                 Next::Expired(d) => {
-                    let floor = self.session.state.lock().floor();
-                    self.broker.complete(
-                        &self.client.client_id,
-                        self.log,
-                        &d,
-                        floor,
-                        Outcome::Dropped(DropReason::Expired),
-                    );
+                    let expired = Outcome::Dropped(DropReason::Expired);
+                    self.broker
+                        .finish(&self.session, self.log, expired, |_| Some(d));
                 }
                 // A QoS 2 delivery of an earlier client that got as far as
                 // PUBREC: the link finishes it.

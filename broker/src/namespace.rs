@@ -163,6 +163,11 @@ impl AckSlot {
     pub(crate) fn take(&self) -> Option<Reply> {
         self.reply.lock().take()
     }
+
+    /// Not answered yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.reply.lock().is_none()
+    }
 }
 
 /// The answer a client waits for. Answer it once with [`Ack::answer`] (or

@@ -277,7 +277,12 @@ impl RedbStore {
                     Write::Marks { log, sent, floor } => {
                         let (log, sent, floor) = (*log, *sent, *floor);
                         let old = get_marks(&marks, log)?;
-                        let new = (sent.unwrap_or(old.0), floor.unwrap_or(old.1), old.2);
+                        // Marks only move up (a late, lower floor is ignored).
+                        let new = (
+                            sent.map_or(old.0, |s| s.max(old.0)),
+                            floor.map_or(old.1, |f| f.max(old.1)),
+                            old.2,
+                        );
                         marks.insert(log, new).map_err(io)?;
                         if let Some(floor) = floor {
                             logs.retain_in((log, 0, BATCH)..=(log, floor, REMOVED), |_, _| false)

@@ -777,3 +777,47 @@ async fn an_asynchronous_authenticator_blocks_only_its_own_connection() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A QoS 2 publish into a namespace whose connection ends before the
+/// handler answered is not acknowledged unseen when the client resends it:
+/// the resend goes to the handler again.
+#[tokio::test]
+async fn an_unanswered_qos2_publish_is_handed_over_again_after_a_reconnect() {
+    let (server, handler, _dir) = namespace_broker().await;
+    let addr = server.addr(courier::config::ListenerKind::Tcp).unwrap();
+    let mut props = props5();
+    props.session_expiry_interval = Some(3600);
+    let qos2 = |dup: bool| {
+        let mut p = P5Publish::new("chat/hold", Q5::ExactlyOnce, "once", None);
+        p.pkid = 7;
+        p.dup = dup;
+        P::Publish(p)
+    };
+    let held = |n: usize| {
+        let handler = handler.clone();
+        async move {
+            tokio::time::timeout(WAIT, async {
+                while handler.held.lock().len() < n {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("handed to the handler");
+        }
+    };
+    let mut first = Raw::connected5(addr, connect5("q2", false, Some(props.clone()))).await;
+    first.send(qos2(false)).await;
+    held(1).await;
+    drop(first);
+    let mut again = Raw::connected5(addr, connect5("q2", false, Some(props))).await;
+    again.send(qos2(true)).await;
+    held(2).await;
+    let pending: Vec<Inbound> = std::mem::take(&mut *handler.held.lock());
+    for p in pending {
+        p.ack.accept();
+    }
+    match again.next().await {
+        RawEvent::Packet(P::PubRec(r)) => assert_eq!(r.pkid, 7),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+}

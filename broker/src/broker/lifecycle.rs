@@ -113,7 +113,7 @@ impl Broker {
         let (generation, leaves_disk) = generation;
         // After the generation moved on, so a late detach of an older
         // connection cannot unload what is read here.
-        if let Err(e) = self.load_queue(&handle).await {
+        if let Err(e) = self.load_queue(&handle, generation).await {
             self.detach(&handle, generation);
             return Err(e);
         }
@@ -121,6 +121,9 @@ impl Broker {
             // Resumed with expiry 0: it ends with this connection, and its
             // queue (in memory now) leaves the disk.
             let mut s = handle.state.lock();
+            if s.generation != generation {
+                return Err(superseded());
+            }
             self.commit.delete_session(&s.client_id, s.log);
             s.recorded = false;
             s.unstore();
@@ -136,7 +139,7 @@ impl Broker {
     /// waits for the commit that makes every entry journaled so far
     /// readable, then reads off the connection's thread. Entries queued
     /// meanwhile are kept in memory as well, and merged by sequence number.
-    async fn load_queue(&self, handle: &SessionRef) -> Result<(), BrokerError> {
+    async fn load_queue(&self, handle: &SessionRef, generation: u64) -> Result<(), BrokerError> {
         let (log, disk_epoch) = {
             let mut s = handle.state.lock();
             if !s.unloaded {
@@ -154,7 +157,11 @@ impl Broker {
         let mut s = handle.state.lock();
         s.loading -= 1;
         let loaded = read?;
-        // Another attach may have loaded it meanwhile.
+        // Another connection took the session over while this one read (its
+        // takeover wait ran out): what was read may be stale by now.
+        if s.generation != generation {
+            return Err(superseded());
+        }
         if s.unloaded {
             s.reload(loaded);
         }
@@ -409,7 +416,7 @@ impl Broker {
                 reg.remove(&handle.client_id);
             }
         }
-        let (subs, deliveries, log, recorded, unloaded) = {
+        let (subs, deliveries) = {
             let mut s = handle.state.lock();
             if s.ended {
                 return;
@@ -423,7 +430,14 @@ impl Broker {
             // after the record was written.
             let recorded = std::mem::take(&mut s.recorded);
             let unloaded = std::mem::take(&mut s.unloaded);
-            (subs, s.drain(), s.log, recorded, unloaded)
+            let deliveries = s.drain();
+            // The log is dropped whole (the store releases the bodies its
+            // entries refer to), journaled under the lock: a delivery
+            // finished later sees `ended` and journals nothing.
+            if recorded || unloaded || deliveries.iter().any(|d| d.stored) {
+                self.commit.delete_session(&handle.client_id, s.log);
+            }
+            (subs, deliveries)
         };
         {
             let mut router = self.router.write();
@@ -433,9 +447,6 @@ impl Broker {
                 }
             }
         }
-        // The store releases the bodies the log's entries refer to when it
-        // drops the log.
-        let mut stored = unloaded;
         for d in &deliveries {
             if let Some(t) = &d.tracker {
                 t.report(
@@ -443,11 +454,6 @@ impl Broker {
                     Outcome::Dropped(DropReason::SessionEnded),
                 );
             }
-            stored |= d.stored;
-        }
-        // The log is dropped whole, so entries need no separate removal.
-        if recorded || stored {
-            self.commit.delete_session(&handle.client_id, log);
         }
         let will = handle.will.lock().take();
         if let Some(w) = will {
@@ -504,4 +510,11 @@ impl Broker {
             self.store_error(&e);
         }
     }
+}
+
+/// An attach that another connection's attach overtook.
+fn superseded() -> BrokerError {
+    BrokerError::Store(StoreError::Unavailable(
+        "another connection took the session over while it was being read".into(),
+    ))
 }

@@ -236,6 +236,11 @@ impl Broker {
         extra: Extra<'_>,
     ) -> Result<Queued, StoreError> {
         let mut s = handle.state.lock();
+        if s.ended {
+            // Ended while this publish was being routed to it.
+            drop(s);
+            return Ok(self.refused(handle, extra.tracker, DropReason::SessionEnded));
+        }
         if !s.online && qos == 0 {
             drop(s);
             Metrics::inc(&self.metrics.dropped_offline_qos0);
@@ -327,43 +332,43 @@ impl Broker {
         }
     }
 
-    /// A delivery is finished (acknowledged, expired or dropped): removes
-    /// its queue entry and releases its message. `floor` is the session's
-    /// [`Session::floor`] taken after the delivery left it.
-    pub(crate) fn complete(
+    /// A delivery is finished (acknowledged, expired or dropped): `take`
+    /// removes it from the session (or hands over one already taken); its
+    /// queue entry is journaled as finished and its shared body released,
+    /// under the session's lock, so never after the session's log was
+    /// deleted (which releases what the log still holds); then its tracker
+    /// is told, with no lock held.
+    pub(crate) fn finish(
         &self,
-        client_id: &Arc<str>,
+        session: &SessionRef,
         log: u64,
-        d: &Delivery,
-        floor: u64,
         outcome: Outcome,
+        take: impl FnOnce(&mut Session) -> Option<Delivery>,
     ) {
+        let d = {
+            let mut s = session.state.lock();
+            let Some(d) = take(&mut s) else { return };
+            if d.stored && !s.ended {
+                let floor = s.floor();
+                self.commit.finish_entry(log, d.seq, floor);
+                self.unref(d.msg_id);
+            }
+            d
+        };
         if let Some(t) = &d.tracker {
-            t.report(client_id, outcome);
+            t.report(&session.client_id, outcome);
         }
-        if !d.stored {
-            return;
-        }
-        self.commit.finish_entry(log, d.seq, floor);
-        self.unref(d.msg_id);
     }
 
     /// The client (or link) acknowledged a delivery: `take` finds it in
-    /// the session (`Session::on_puback`, `Session::on_pubcomp`); it is
-    /// completed and its tracker told.
+    /// the session (`Session::on_puback`, `Session::on_pubcomp`).
     pub(crate) fn acknowledged(
         &self,
         session: &SessionRef,
         log: u64,
         take: impl FnOnce(&mut Session) -> Option<Delivery>,
     ) {
-        let done = {
-            let mut s = session.state.lock();
-            take(&mut s).map(|d| (d, s.floor()))
-        };
-        if let Some((d, floor)) = done {
-            self.complete(&session.client_id, log, &d, floor, Outcome::Acknowledged);
-        }
+        self.finish(session, log, Outcome::Acknowledged, take);
     }
 
     /// Records that a delivery was sent, so it is resent as a duplicate

@@ -288,6 +288,7 @@ impl<T: Transport> Conn<T> {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
+        let mut woken = false;
         let res = {
             let write = self.t.write_all(&out);
             tokio::pin!(write);
@@ -299,10 +300,15 @@ impl<T: Transport> Conn<T> {
                         if let Some(reply) = self.session.take_kick() {
                             break Err(reply);
                         }
+                        woken = true;
                     }
                 }
             }
         };
+        if woken {
+            // Deliveries, answers, expiry or shutdown: for the run loop.
+            self.session.notify.notify_one();
+        }
         let res = match res {
             Ok(r) => r,
             Err(reply) => {
@@ -375,6 +381,7 @@ impl<T: Transport> Conn<T> {
     }
 
     async fn finish_takeover(&mut self, reply: Kick) {
+        self.forget_unanswered();
         if v5(self.version) {
             let mut out = BytesMut::new();
             let d = disconnect_packet(DisconnectReasonCode::SessionTakenOver, None);
@@ -467,14 +474,8 @@ impl<T: Transport> Conn<T> {
         match n {
             Next::Expired(d) => {
                 Metrics::inc(&self.broker.metrics.dropped_expired);
-                let floor = self.session.state.lock().floor();
-                self.broker.complete(
-                    &self.client.client_id,
-                    log,
-                    &d,
-                    floor,
-                    Outcome::Dropped(DropReason::Expired),
-                );
+                let expired = Outcome::Dropped(DropReason::Expired);
+                self.broker.finish(&self.session, log, expired, |_| Some(d));
             }
             Next::PubRel(pkid) => self.send(&Packet::PubRel(PubRel::new(pkid, None))),
             Next::Publish {
@@ -487,20 +488,13 @@ impl<T: Transport> Conn<T> {
                     // does not block the window (MQTT 5 3.1.2.25).
                     Metrics::inc(&self.broker.metrics.dropped_too_large);
                     tracing::warn!(client_id = %self.client.client_id, topic = %delivery.msg.topic, "message exceeds client's maximum packet size; dropped");
-                    let floor = {
-                        let mut s = self.session.state.lock();
+                    let too_large = Outcome::Dropped(DropReason::TooLarge);
+                    self.broker.finish(&self.session, log, too_large, |s| {
                         if pkid != 0 {
                             s.forget(pkid);
                         }
-                        s.floor()
-                    };
-                    self.broker.complete(
-                        &self.client.client_id,
-                        log,
-                        &delivery,
-                        floor,
-                        Outcome::Dropped(DropReason::TooLarge),
-                    );
+                        Some(delivery)
+                    });
                     return;
                 };
                 if pkid != 0 && !dup {
@@ -704,6 +698,7 @@ impl<T: Transport> Conn<T> {
         if self.generation == 0 {
             return; // taken over; already cleaned up
         }
+        self.forget_unanswered();
         if close.notify && v5(self.version) {
             self.out.clear();
             let d = disconnect_packet(close.reason, close.why);

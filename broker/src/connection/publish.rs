@@ -56,7 +56,12 @@ impl<T: Transport> Conn<T> {
             }
         }
         if qos == 2 && !self.session.state.lock().incoming_qos2(p.pkid) {
-            // Re-sent before PUBREL: acknowledge again, do not route again.
+            // Re-sent before PUBREL: acknowledge again, do not route again;
+            // after the writes of the first one are durable (it may have come
+            // on a connection that left before its PUBREC).
+            if self.broker.sync_acks() {
+                self.must_sync = true;
+            }
             self.ack_publish(Packet::PubRec(PubRec::new(p.pkid, None)), false);
             return Ok(());
         }
@@ -190,6 +195,21 @@ impl<T: Transport> Conn<T> {
             ack,
         };
         ns.publish(&self.broker, publish);
+    }
+
+    /// The connection ends: QoS 2 publishes whose handler has not answered
+    /// are forgotten by the session, so their resend (DUP) goes to the
+    /// handler again instead of being acknowledged unseen.
+    pub(super) fn forget_unanswered(&mut self) {
+        let Some(q) = self.acks.as_ref() else { return };
+        let ids: Vec<u16> = q.unanswered_qos2().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut s = self.session.state.lock();
+        for id in ids {
+            s.incoming_release(id);
+        }
     }
 
     /// Queues a publish's acknowledgement: behind answers still awaited
