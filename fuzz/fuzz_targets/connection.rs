@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use courier::connection::{serve, Stream};
-use courier::{Broker, Config};
+use courier::hooks::SubscribeDecision;
+use courier::namespace::{AckCode, Inbound, Namespace, Reply};
+use courier::{Broker, ClientInfo, Config};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,8 +36,44 @@ fn world() -> &'static World {
         config.durability = courier::config::Durability::Periodic;
         config.limits.connect_timeout_secs = 1;
         let broker = rt.block_on(async { Broker::open(config).unwrap() });
+        broker
+            .claim_namespace("chat", Arc::new(Answering))
+            .unwrap();
         World { rt, broker }
     })
+}
+
+/// A namespace handler whose answer the input chooses (the payload's first
+/// byte): accept, refuse, drop unanswered, answer later from another task,
+/// or respond and accept. Subscriptions inside `chat` are granted filtered.
+struct Answering;
+
+impl Namespace for Answering {
+    fn publish(&self, broker: &Arc<Broker>, p: Inbound) {
+        match p.message.payload.first().copied().unwrap_or(0) % 5 {
+            0 => p.ack.accept(),
+            1 => p.ack.answer(Reply::refuse(AckCode::QuotaExceeded, "slow down")),
+            2 => drop(p),
+            3 => {
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    p.ack.answer(Reply::success().with_property("seq", "1"));
+                });
+            }
+            _ => {
+                let _ = p.respond(broker, bytes::Bytes::from_static(b"ok"));
+                p.ack.accept();
+            }
+        }
+    }
+
+    fn authorize_subscribe(&self, _: &ClientInfo, _: &str) -> SubscribeDecision {
+        SubscribeDecision::Filter
+    }
+
+    fn authorize_read(&self, _: &ClientInfo, topic: &str) -> bool {
+        topic.len() % 2 == 0
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
