@@ -429,6 +429,12 @@ impl GroupCommit {
         }
     }
 
+    /// Journals how many live entries `log` holds as its session's queue
+    /// goes to disk only, and its highest sequence number `at`.
+    pub fn set_queue_count(&self, log: LogId, count: u64, at: u64) {
+        self.journal().push(Write::QueueCounted { log, count, at });
+    }
+
     /// Journals that `log` has been sent up to `seq`; one write per log per
     /// commit however many deliveries move it.
     pub fn set_sent(&self, log: LogId, seq: u64) {

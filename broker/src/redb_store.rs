@@ -41,8 +41,9 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const MSG_REFS: TableDefinition<u64, u32> = TableDefinition::new("message_refs");
 /// `(log, seq, kind)`: everything at or below a floor is one range.
 const LOGS: TableDefinition<(u64, u64, u8), &[u8]> = TableDefinition::new("logs");
-/// `log -> (sent, floor, tail)`.
-const MARKS: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("marks");
+/// `log -> (sent, floor, tail, counted, counted_at)`.
+const MARKS: TableDefinition<u64, Marks> = TableDefinition::new("marks");
+type Marks = (u64, u64, u64, u64, u64);
 const CURSORS: TableDefinition<(u64, &str), u64> = TableDefinition::new("cursors");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -227,7 +228,7 @@ impl RedbStore {
                         // The bodies its live entries refer to lose a reference
                         // each (those at or below the floor, and those removed,
                         // were released when they were finished).
-                        let (_, floor, _) = get_marks(&marks, log)?;
+                        let floor = get_marks(&marks, log)?.1;
                         let shared = live_entries(&logs, log, floor)?
                             .into_iter()
                             .map(|(_, q)| q.msg_id)
@@ -258,10 +259,9 @@ impl RedbStore {
                         if let Some(last) = entries.iter().map(|e| e.0).max() {
                             let v = postcard::to_stdvec(&entries)?;
                             logs.insert((log, last, BATCH), v.as_slice()).map_err(io)?;
-                            let (sent, floor, tail) = get_marks(&marks, log)?;
-                            marks
-                                .insert(log, (sent, floor, tail.max(last)))
-                                .map_err(io)?;
+                            let mut m = get_marks(&marks, log)?;
+                            m.2 = m.2.max(last);
+                            marks.insert(log, m).map_err(io)?;
                         }
                     }
                     Write::RewriteEntry(log, seq, rec) => {
@@ -282,12 +282,19 @@ impl RedbStore {
                             sent.map_or(old.0, |s| s.max(old.0)),
                             floor.map_or(old.1, |f| f.max(old.1)),
                             old.2,
+                            old.3,
+                            old.4,
                         );
                         marks.insert(log, new).map_err(io)?;
                         if let Some(floor) = floor {
                             logs.retain_in((log, 0, BATCH)..=(log, floor, REMOVED), |_, _| false)
                                 .map_err(io)?;
                         }
+                    }
+                    Write::QueueCounted { log, count, at } => {
+                        let mut m = get_marks(&marks, *log)?;
+                        (m.3, m.4) = (*count, *at);
+                        marks.insert(*log, m).map_err(io)?;
                     }
                     Write::SetCursor { log, consumer, seq } => {
                         cursors
@@ -398,10 +405,7 @@ fn live_entries(
 }
 
 /// A log's `(sent, floor, tail)`, zero if never set.
-fn get_marks(
-    t: &impl ReadableTable<u64, (u64, u64, u64)>,
-    log: LogId,
-) -> StoreResult<(u64, u64, u64)> {
+fn get_marks(t: &impl ReadableTable<u64, Marks>, log: LogId) -> StoreResult<Marks> {
     Ok(t.get(log)
         .map_err(io)?
         .map(|g| g.value())
@@ -486,8 +490,14 @@ impl Store for RedbStore {
     fn marks(&self, log: LogId) -> StoreResult<LogMarks> {
         let tx = self.read_tx()?;
         let t = tx.open_table(MARKS).map_err(io)?;
-        let (sent, floor, tail) = get_marks(&t, log)?;
-        Ok(LogMarks { sent, floor, tail })
+        let (sent, floor, tail, counted, counted_at) = get_marks(&t, log)?;
+        Ok(LogMarks {
+            sent,
+            floor,
+            tail,
+            counted,
+            counted_at,
+        })
     }
 
     fn entries(&self, log: LogId) -> StoreResult<Vec<(u64, QueueRecord)>> {
@@ -658,7 +668,8 @@ mod tests {
             LogMarks {
                 sent: 4,
                 floor: 2,
-                tail: 6
+                tail: 6,
+                ..LogMarks::default()
             }
         );
 

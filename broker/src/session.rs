@@ -260,6 +260,11 @@ impl Session {
         s
     }
 
+    /// The highest sequence number given out so far.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     /// Continues numbering after `seq` (a restored log's cursors), so no
     /// sequence number at or below it is given out again.
     pub fn resume_after(&mut self, seq: u64) {

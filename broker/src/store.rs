@@ -126,6 +126,22 @@ pub struct LogMarks {
     /// The highest sequence number appended (numbering goes on after it),
     /// kept here so that start-up reads no entries.
     pub tail: u64,
+    /// Live entries when the queue last went to disk only, and the highest
+    /// sequence number then: at most `counted + (tail - counted_at)` are
+    /// live now (entries only leave while the session is away).
+    pub counted: u64,
+    /// See `counted`.
+    pub counted_at: u64,
+}
+
+impl LogMarks {
+    /// At most this many live entries: the tighter of the span above the
+    /// floor and the count taken when the queue went to disk.
+    pub fn live_at_most(&self) -> u64 {
+        let span = self.tail.saturating_sub(self.floor);
+        let counted = self.counted + self.tail.saturating_sub(self.counted_at);
+        span.min(counted)
+    }
 }
 
 /// A record of a named log ([`crate::logs`]).
@@ -178,6 +194,16 @@ pub enum Write {
         sent: Option<u64>,
         /// Every entry at or below it is finished.
         floor: Option<u64>,
+    },
+    /// Records how many live entries a log held when its session's queue
+    /// went to disk only, and its highest sequence number then.
+    QueueCounted {
+        /// The log.
+        log: LogId,
+        /// Live entries.
+        count: u64,
+        /// Highest sequence number given out.
+        at: u64,
     },
     /// Records how far a named consumer has read in a log.
     SetCursor {

@@ -559,3 +559,87 @@ async fn resuming_with_session_expiry_zero_takes_the_queue_off_disk() {
         assert_eq!(store.marks(log).unwrap(), LogMarks::default(), "log {log}");
     }
 }
+
+/// After a restart an offline session's queue is counted by what was live
+/// when it went to disk, not by the span between its floor and its last
+/// entry: one unacknowledged message ahead of acknowledged ones does not
+/// make a queue of three look full.
+#[tokio::test]
+async fn an_offline_queue_is_counted_by_its_live_entries_after_a_restart() {
+    use rumqttc::v5::mqttbytes::v5::PubAck as Ack5;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut cfg = config_in(dir.path());
+        cfg.limits.max_queued_messages = 3;
+        async move { courier::Server::start(cfg).await.unwrap() }
+    };
+    let publish_three = |addr, first: u16| async move {
+        let mut p = Raw::connected5(addr, connect5("pub", true, None)).await;
+        for n in 0..3u16 {
+            let mut m = Publish::new("s/t", QoS::AtLeastOnce, format!("m{}", first + n), None);
+            m.pkid = n + 1;
+            p.send(Packet::Publish(m)).await;
+            loop {
+                if let RawEvent::Packet(Packet::PubAck(_)) = p.next().await {
+                    break;
+                }
+            }
+        }
+    };
+    let mut props = props5();
+    props.session_expiry_interval = Some(3600);
+    let mut server = start().await;
+    let addr = server.addr(courier::config::ListenerKind::Tcp).unwrap();
+    let mut s = Raw::connected5(addr, connect5("stuck", false, Some(props.clone()))).await;
+    s.subscribe5("s/t", QoS::AtLeastOnce).await;
+    publish_three(addr, 1).await;
+    let mut pkids = Vec::new();
+    while pkids.len() < 3 {
+        if let RawEvent::Packet(Packet::Publish(p)) = s.next().await {
+            pkids.push(p.pkid);
+        }
+    }
+    // The second and third are acknowledged; the first stays in flight.
+    for &pkid in &pkids[1..] {
+        s.send(Packet::PubAck(Ack5::new(pkid, None))).await;
+    }
+    s.subscribe5("sync/marker", QoS::AtMostOnce).await;
+    drop(s);
+    tokio::time::timeout(WAIT, async {
+        let m = &server.broker.metrics;
+        while m.queues_unloaded.load(std::sync::atomic::Ordering::Relaxed) < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("its queue went to disk");
+    server.shutdown().await.unwrap();
+    drop(server);
+    let server = loop {
+        // The previous broker's last tasks may still hold the store.
+        match courier::Server::start({
+            let mut cfg = config_in(dir.path());
+            cfg.limits.max_queued_messages = 3;
+            cfg
+        })
+        .await
+        {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let addr = server.addr(courier::config::ListenerKind::Tcp).unwrap();
+    // One live entry: two more fit (the span, 3, would have refused both).
+    publish_three(addr, 4).await;
+    let mut s = Raw::connected5(addr, connect5("stuck", false, Some(props))).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let RawEvent::Packet(Packet::Publish(p)) = s.next().await {
+            got.push(p.payload.clone());
+        }
+    }
+    assert_eq!(
+        got,
+        vec![Bytes::from("m1"), Bytes::from("m4"), Bytes::from("m5")]
+    );
+}

@@ -291,6 +291,14 @@ impl Broker {
                 }
             };
             let Some((session, generation, _)) = due else {
+                // Sessions still waiting need commits to pass: an idle
+                // broker makes one (at most one a second, from this tick).
+                if !self.unloads.lock().is_empty() {
+                    let commit = self.commit.clone();
+                    tokio::spawn(async move {
+                        let _ = commit.durable().await;
+                    });
+                }
                 return;
             };
             let Some(h) = session.upgrade() else { continue };
@@ -302,6 +310,9 @@ impl Broker {
                 if s.unload(floor) > 0 {
                     Metrics::inc(&self.metrics.queues_unloaded);
                 }
+                // What is live now, for counting the queue after a restart.
+                self.commit
+                    .set_queue_count(s.log, s.unloaded_len as u64, s.last_seq());
             }
         }
     }

@@ -28,7 +28,7 @@ impl Broker {
             let marks = self.store.marks(rec.log)?;
             s.resume_after(marks.sent.max(marks.floor).max(marks.tail));
             s.unload(marks.floor);
-            s.unloaded_len = marks.tail.saturating_sub(marks.floor) as usize;
+            s.unloaded_len = marks.live_at_most() as usize;
             queued += s.unloaded_len;
             let handle = SessionHandle::new(s);
             {
