@@ -2,7 +2,8 @@
 # Runs the same load scenarios against Courier, Mosquitto and rumqttd, in
 # turn, in one run, on loopback, and prints medians and Courier/peer ratios.
 #
-#   benches/compare.sh                # 3 rounds, 10 s per flow scenario
+#   benches/compare.sh                # 3 rounds, 10 s per flow scenario,
+#                                     # the brokers' order reversed every other round
 #   ROUNDS=5 DURATION=20 benches/compare.sh
 #   QUICK=1 benches/compare.sh        # tiny sizes, to check the script
 #   COURIER_BASE=/path/to/older/courier BROKERS="courier courier-base" benches/compare.sh
@@ -90,7 +91,11 @@ out="benches/.results/compare-$(date +%Y%m%d-%H%M%S).jsonl"
 for b in $BROKERS; do start "$b"; done
 flow=(--duration "$DURATION" --warmup "$WARMUP")
 for round in $(seq 1 "$ROUNDS"); do
-  for b in $BROKERS; do
+  # The order alternates: on this machine whichever runs first in a round
+  # tends to measure lower, which biases small differences.
+  order=$BROKERS
+  if [ $((round % 2)) = 0 ]; then order=$(echo "$BROKERS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  for b in $order; do
     port=$(port_of "$b"); pid=$(cat "$work/$b.pid")
     lg=(timeout 300 "$LOADGEN" --port "$port" --label "$b" --pid "$pid")
     echo "round $round: $b" >&2
