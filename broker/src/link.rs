@@ -189,11 +189,7 @@ impl Link {
             return Err(Closed);
         }
         if let Some(kick) = self.session.take_kick() {
-            if self.generation != 0 {
-                self.broker
-                    .detach_taken_over(&self.session, self.generation);
-                self.generation = 0;
-            }
+            self.leave();
             let _ = kick.send(());
             return Err(Closed);
         }

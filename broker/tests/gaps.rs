@@ -218,6 +218,18 @@ async fn a_shared_body_outlives_a_session_that_ends_without_loading_its_queue() 
     );
 }
 
+/// The payloads of the next `n` publishes, and then none for a while.
+async fn exactly(el: &mut common::v4::EventLoop, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let p = common::v4::publish(el).await;
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    let more = common::v4::publishes_within(el, Duration::from_millis(300)).await;
+    assert!(more.is_empty(), "more than {n} arrived");
+    got
+}
+
 /// A store that counts how many queues are read from it.
 struct Counting {
     inner: Arc<RedbStore>,
@@ -358,18 +370,11 @@ async fn queues_stay_on_disk_until_their_session_attaches() {
     let mut o = opts("a", port);
     o.set_clean_session(false);
     let (_a, mut ael) = client(o);
-    let mut first = Vec::new();
-    for _ in 0..3 {
-        first.push(publish(&mut ael).await.payload);
-    }
     assert_eq!(
-        first,
-        vec![Bytes::from("0"), Bytes::from("1"), Bytes::from("2")],
+        exactly(&mut ael, 3).await,
+        ["0", "1", "2"],
         "the limit (3) held"
     );
-    assert!(publishes_within(&mut ael, Duration::from_millis(300))
-        .await
-        .is_empty());
     assert_eq!(reads(&store), 1);
     drop(_a);
     drop(publ);
@@ -391,17 +396,7 @@ async fn queues_stay_on_disk_until_their_session_attaches() {
     let mut o = opts("b", port);
     o.set_clean_session(false);
     let (_b, mut bel) = client(o);
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(publish(&mut bel).await.payload);
-    }
-    assert_eq!(
-        got,
-        vec![Bytes::from("0"), Bytes::from("1"), Bytes::from("2")]
-    );
-    assert!(publishes_within(&mut bel, Duration::from_millis(300))
-        .await
-        .is_empty());
+    assert_eq!(exactly(&mut bel, 3).await, ["0", "1", "2"]);
     assert_eq!(reads(&store), 1, "only b's queue was read");
     server.shutdown().await.unwrap();
 }

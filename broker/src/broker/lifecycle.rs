@@ -229,18 +229,9 @@ impl Broker {
 
     /// Detaches a connection from its session. Ends the session if its
     /// expiry is 0, otherwise starts its expiry timer.
+    /// A session taken over is attached again at once, so the sweep finds
+    /// a newer generation and leaves its queue in memory.
     pub(crate) fn detach(self: &Arc<Self>, handle: &SessionRef, generation: u64) {
-        self.detach_with(handle, generation, true);
-    }
-
-    /// Detaches a connection that another one is taking over: the queue
-    /// stays in memory for the new connection, which attaches at once (it
-    /// must not wait to read it back from disk).
-    pub(crate) fn detach_taken_over(self: &Arc<Self>, handle: &SessionRef, generation: u64) {
-        self.detach_with(handle, generation, false);
-    }
-
-    fn detach_with(self: &Arc<Self>, handle: &SessionRef, generation: u64, unload: bool) {
         let (expiry, current, dropped) = {
             let mut s = handle.state.lock();
             if s.generation != generation {
@@ -265,13 +256,11 @@ impl Broker {
         } else {
             self.save_session(&handle.state.lock(), Some(unix_now()));
             self.schedule_expiry(handle, current, expiry, 0);
-            if unload {
-                // Its queue leaves memory once it is all on disk.
-                let epoch = self.commit.syncs();
-                self.unloads
-                    .lock()
-                    .push_back((Arc::downgrade(handle), current, epoch));
-            }
+            // Its queue leaves memory once it is all on disk.
+            let epoch = self.commit.syncs();
+            self.unloads
+                .lock()
+                .push_back((Arc::downgrade(handle), current, epoch));
         }
     }
 

@@ -288,6 +288,9 @@ impl<T: Transport> Conn<T> {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
+        // A takeover must not wait behind a write to a dead peer. Written
+        // out rather than through `or_kick`: as a call it made every
+        // connection's future 96 bytes larger (the size test).
         let mut woken = false;
         let res = {
             let write = self.t.write_all(&out);
@@ -295,7 +298,6 @@ impl<T: Transport> Conn<T> {
             loop {
                 tokio::select! {
                     r = &mut write => break Ok(r),
-                    // A takeover must not wait behind a write to a dead peer.
                     _ = self.session.notify.notified() => {
                         if let Some(reply) = self.session.take_kick() {
                             break Err(reply);
@@ -331,26 +333,7 @@ impl<T: Transport> Conn<T> {
     /// slow disk (the new connection would time out, and both would drain
     /// the session).
     async fn wait_durable(&mut self) -> Result<(), Close> {
-        let mut woken = false;
-        let r = {
-            let mut durable = std::pin::pin!(self.broker.durable());
-            loop {
-                tokio::select! {
-                    r = &mut durable => break Ok(r),
-                    _ = self.session.notify.notified() => {
-                        if let Some(reply) = self.session.take_kick() {
-                            break Err(reply);
-                        }
-                        woken = true;
-                    }
-                }
-            }
-        };
-        if woken {
-            // Deliveries, keep-alive expiry or shutdown: seen by the run
-            // loop's next turn.
-            self.session.notify.notify_one();
-        }
+        let r = or_kick(&self.session, self.broker.durable()).await;
         match r {
             Err(reply) => {
                 self.finish_takeover(reply).await;
@@ -400,8 +383,7 @@ impl<T: Transport> Conn<T> {
             );
         }
         self.broker.watchdog.unwatch(self.watch_id);
-        self.broker
-            .detach_taken_over(&self.session, self.generation);
+        self.broker.detach(&self.session, self.generation);
         self.broker.emit(Event::Disconnected {
             client: self.client.clone(),
             graceful: false,
@@ -752,6 +734,29 @@ fn qos_of(q: u8) -> QoS {
         1 => QoS::AtLeastOnce,
         _ => QoS::ExactlyOnce,
     }
+}
+
+/// Awaits `f`, unless a takeover asks the connection to leave first
+/// (`Err` with the takeover's reply). Other wake-ups seen meanwhile
+/// (deliveries, answers, expiry, shutdown) are passed on to the run loop.
+async fn or_kick<F: Future>(session: &SessionRef, f: F) -> Result<F::Output, Kick> {
+    let mut woken = false;
+    let mut f = std::pin::pin!(f);
+    let r = loop {
+        tokio::select! {
+            r = &mut f => break Ok(r),
+            _ = session.notify.notified() => {
+                if let Some(reply) = session.take_kick() {
+                    break Err(reply);
+                }
+                woken = true;
+            }
+        }
+    };
+    if woken {
+        session.notify.notify_one();
+    }
+    r
 }
 
 /// Longest a publisher's input is paused for one congested batch. Bounded,
