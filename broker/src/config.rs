@@ -274,6 +274,25 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Reads a configuration file in which the top-level table `section`
+    /// belongs to another layer (the chat layer's `[chat]`): returns that
+    /// table, unread, beside the validated broker configuration.
+    pub fn load_split(path: &Path, section: &str) -> Result<(Config, Option<toml::Value>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let parse = |source: toml::de::Error| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        let other = table.remove(section);
+        let cfg: Config = toml::Value::Table(table).try_into().map_err(parse)?;
+        cfg.validate()?;
+        Ok((cfg, other))
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;

@@ -107,7 +107,8 @@ const MAX_HEADS: usize = 1 << 16;
 
 /// Most ids one log's head remembers; older ones are looked up in the store
 /// (committed by then: commits follow each other within milliseconds).
-const RECENT_IDS: usize = 4096;
+/// Small, because every active log (a conversation) keeps its head.
+const RECENT_IDS: usize = 256;
 
 /// The named logs of one broker.
 pub struct Logs {

@@ -1,18 +1,18 @@
-//! The `courier` binary: runs the broker, or manages its password file.
+//! `courier-mqtt`: the MQTT broker alone, without the chat layer (the
+//! `courier` binary of the courier-chat crate runs both). For deployments
+//! that only need MQTT, and for the core's own process-level tests.
 
-use std::io::BufRead;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
-use courier::auth::{PasswordFile, DEFAULT_ITERATIONS};
+use anyhow::Context;
+use clap::Parser;
 use courier::config::{Config, ListenerConfig, ListenerKind};
 use courier::Server;
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Courier MQTT broker")]
+#[command(name = "courier-mqtt", version, about = "Courier MQTT broker (no chat layer)")]
 struct Cli {
-    /// Configuration file (TOML). Without it, built-in defaults apply.
+    /// Configuration file (TOML); a `[chat]` section in it is ignored.
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Plain TCP listener address; repeatable; replaces configured listeners.
@@ -21,102 +21,10 @@ struct Cli {
     /// Data directory; overrides the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Add, change or delete a user in a password file.
-    Passwd {
-        /// Password file (created if missing).
-        file: PathBuf,
-        /// User name.
-        user: String,
-        /// Remove the user instead.
-        #[arg(long)]
-        delete: bool,
-        /// Read the password from standard input's first line (for scripts).
-        #[arg(long)]
-        stdin: bool,
-        /// PBKDF2 iterations.
-        #[arg(long, default_value_t = DEFAULT_ITERATIONS)]
-        iterations: u32,
-    },
-}
-
-fn passwd(
-    file: PathBuf,
-    user: String,
-    delete: bool,
-    stdin: bool,
-    iterations: u32,
-) -> anyhow::Result<()> {
-    if user.is_empty() || user.contains(':') {
-        bail!("user name must be non-empty and contain no ':'");
-    }
-    let mut pf = PasswordFile::load(&file)?;
-    if delete {
-        if !pf.remove(&user) {
-            bail!("no user {user:?} in {}", file.display());
-        }
-    } else {
-        let password = if stdin {
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line)?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        } else {
-            let a = rpassword::prompt_password("Password: ")?;
-            let b = rpassword::prompt_password("Again: ")?;
-            if a != b {
-                bail!("passwords differ");
-            }
-            a
-        };
-        if password.is_empty() {
-            bail!("empty password");
-        }
-        pf.set(&user, password.as_bytes(), iterations)?;
-    }
-    pf.save(&file)?;
-    println!("{} now has {} user(s)", file.display(), pf.len());
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Passwd {
-        file,
-        user,
-        delete,
-        stdin,
-        iterations,
-    }) = cli.command
-    {
-        return passwd(file, user, delete, stdin, iterations);
-    }
     tracing_subscriber::fmt()
         // Logs on stderr; stdout carries only the "listening" lines.
         .with_writer(std::io::stderr)
@@ -126,7 +34,14 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let mut config = match &cli.config {
-        Some(p) => Config::load(p).with_context(|| format!("loading {}", p.display()))?,
+        Some(p) => {
+            let (c, chat) =
+                Config::load_split(p, "chat").with_context(|| format!("loading {}", p.display()))?;
+            if chat.is_some() {
+                tracing::info!("courier-mqtt has no chat layer: [chat] ignored");
+            }
+            c
+        }
         None => Config::default(),
     };
     if !cli.listen.is_empty() {
@@ -153,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             // A line tools and tests can wait for.
             println!("courier listening {kind:?} {addr}");
         }
-        wait_for_signal().await;
+        courier::server::terminated().await;
         tracing::info!("shutting down");
         server.shutdown().await?;
         tracing::info!("store flushed; bye");

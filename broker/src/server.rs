@@ -115,6 +115,13 @@ impl Server {
         }
     }
 
+    /// Starts every configured listener for a broker the embedder opened
+    /// (with [`Broker::open_with`]) and prepared (claimed namespaces,
+    /// restored its own state) before any client can connect.
+    pub async fn serve(broker: Arc<Broker>) -> Result<Server, ServerError> {
+        Self::with_broker(broker).await
+    }
+
     async fn with_broker(broker: Arc<Broker>) -> Result<Server, ServerError> {
         let mut addrs = Vec::new();
         let mut accept_loops = Vec::new();
@@ -143,5 +150,29 @@ impl Server {
             let _ = task.await;
         }
         r
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere): when a binary running
+/// the broker should shut it down.
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

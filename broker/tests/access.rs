@@ -11,16 +11,10 @@ use common::*;
 use courier::config::{AclAction, AclRule, ListenerKind, Permission};
 
 fn add_user(file: &std::path::Path, user: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args(["passwd", "--stdin", "--iterations", "1000"])
-        .arg(file)
-        .arg(user)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    assert!(child.wait().unwrap().success());
+    // What `courier passwd` does (its command line is tested in courier-chat).
+    let mut pf = courier::auth::PasswordFile::load(file).unwrap();
+    pf.set(user, password.as_bytes(), 1000).unwrap();
+    pf.save(file).unwrap();
 }
 
 #[tokio::test]

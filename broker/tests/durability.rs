@@ -270,7 +270,7 @@ async fn acknowledgements_in_any_order_hold_across_kill9() {
 /// Runs `courier` on `data_dir` expecting it to refuse to start; returns
 /// what it printed on stderr.
 fn refused(data_dir: &std::path::Path) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_courier-mqtt"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_BACKTRACE", "0")

@@ -40,7 +40,7 @@ mod session_handle;
 pub use lifecycle::Attached;
 pub use routing::{Delivered, Routed};
 use session_handle::PendingWill;
-pub(crate) use session_handle::{Kick, EXPIRED_CREDENTIAL};
+pub(crate) use session_handle::{Kick, EXPIRED_CREDENTIAL, EXPIRED_REVOKED};
 pub use session_handle::{SessionHandle, SessionRef};
 
 /// A failure starting or running the broker.
@@ -265,6 +265,32 @@ impl Broker {
         feeds.push(Arc::downgrade(&f));
         self.has_feeds.store(true, Ordering::Release);
         f
+    }
+
+    /// Closes the connection attached to `client_id`'s session, if any
+    /// (5.0: DISCONNECT 0x87 "access revoked"), as for an expired
+    /// credential: for a revoked device or a disabled user. Returns whether
+    /// a connection was attached.
+    pub fn disconnect(&self, client_id: &str) -> bool {
+        let Some(h) = self.sessions.lock().get(client_id).cloned() else {
+            return false;
+        };
+        let generation = {
+            let s = h.state.lock();
+            if !s.online {
+                return false;
+            }
+            s.generation
+        };
+        h.expire(generation, EXPIRED_REVOKED);
+        h.notify.notify_one();
+        true
+    }
+
+    /// True while a connection is attached to `client_id`'s session.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        let h = self.sessions.lock().get(client_id).cloned();
+        h.is_some_and(|h| h.state.lock().online)
     }
 
     pub(crate) fn emit(&self, e: Event) {

@@ -26,7 +26,7 @@ pub struct SessionHandle {
     /// The attachment generation whose keep-alive ran out.
     pub(crate) expired_generation: AtomicU64,
     /// Why `expired_generation` ended: [`EXPIRED_KEEPALIVE`] or
-    /// [`EXPIRED_CREDENTIAL`] (written before it).
+    /// [`EXPIRED_CREDENTIAL`] or [`EXPIRED_REVOKED`] (written before it).
     pub(crate) expired_cause: AtomicU8,
     /// A takeover waiting for the attached connection to leave; signalled
     /// through `notify`, so a connection needs no channel of its own.
@@ -39,6 +39,8 @@ pub struct SessionHandle {
 pub(crate) const EXPIRED_KEEPALIVE: u8 = 0;
 /// The attached connection's credential expired.
 pub(crate) const EXPIRED_CREDENTIAL: u8 = 1;
+/// The embedder closed the connection ([`Broker::disconnect`]).
+pub(crate) const EXPIRED_REVOKED: u8 = 2;
 
 impl SessionHandle {
     /// Ends the connection of `generation` for `cause`; it sees the flag

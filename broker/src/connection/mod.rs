@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::acks::{AckQueue, Released};
-use crate::broker::{Broker, Kick, SessionRef, EXPIRED_CREDENTIAL};
+use crate::broker::{Broker, Kick, SessionRef, EXPIRED_CREDENTIAL, EXPIRED_REVOKED};
 use crate::codec::{self, *};
 use crate::feed::DisconnectCause;
 use crate::hooks::{AuthDecision, AuthRequest, ClientInfo, Event, SubscribeDecision};
@@ -208,10 +208,16 @@ impl<T: Transport> Conn<T> {
                 return self.taken_over(reply).await;
             }
             if self.session.expired_generation.load(Ordering::Acquire) == self.generation {
-                if self.session.expired_cause.load(Ordering::Acquire) == EXPIRED_CREDENTIAL {
-                    tracing::info!(client_id = %self.client.client_id, "credential expired");
+                let cause = self.session.expired_cause.load(Ordering::Acquire);
+                if cause == EXPIRED_CREDENTIAL || cause == EXPIRED_REVOKED {
+                    let why = if cause == EXPIRED_CREDENTIAL {
+                        "credential expired"
+                    } else {
+                        "access revoked"
+                    };
+                    tracing::info!(client_id = %self.client.client_id, "{why}");
                     return Close {
-                        why: Some("credential expired".into()),
+                        why: Some(why.into()),
                         ..Close::error(DisconnectReasonCode::NotAuthorized)
                     };
                 }

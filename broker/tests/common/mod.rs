@@ -100,7 +100,7 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `courier` on a free port with `data_dir`; waits until it listens.
     pub fn start(data_dir: &Path) -> BrokerProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+        let child = Command::new(env!("CARGO_BIN_EXE_courier-mqtt"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -148,7 +148,7 @@ impl BrokerProcess {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_courier"))
+            .arg(env!("CARGO_BIN_EXE_courier-mqtt"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn")

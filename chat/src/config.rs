@@ -1,0 +1,100 @@
+//! The `[chat]` section of courier.toml (docs/CONFIGURATION.md).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The chat layer's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Serve the chat protocol (topics under `c/`).
+    pub enabled: bool,
+    /// Largest `Content` a message may carry, bytes.
+    pub max_content_bytes: usize,
+    /// Most members a group may have.
+    pub max_group_members: usize,
+    /// Inbox entries sent to one device and not yet acknowledged.
+    pub inbox_window: usize,
+    /// How long a failed login from one address slows the next ones down,
+    /// seconds (the delay doubles per failure, up to `max_login_delay_ms`).
+    pub login_failure_memory_secs: u64,
+    /// Longest delay before answering a login from an address that keeps
+    /// failing, milliseconds.
+    pub max_login_delay_ms: u64,
+    /// Access tokens.
+    pub tokens: TokenConfig,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            enabled: true,
+            max_content_bytes: 64 * 1024,
+            max_group_members: 1000,
+            inbox_window: 64,
+            login_failure_memory_secs: 600,
+            max_login_delay_ms: 5000,
+            tokens: TokenConfig::default(),
+        }
+    }
+}
+
+/// How access tokens are checked and minted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The broker's own HS256 secret (created on first start if missing),
+    /// for `courier token`; empty: the broker mints nothing.
+    pub secret_file: Option<PathBuf>,
+    /// Key id under which the broker's own secret signs.
+    pub secret_kid: String,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Seconds a token is still accepted past its `exp` (clock skew).
+    pub leeway_secs: u64,
+    /// Lifetime of the tokens `courier token` mints, seconds.
+    pub mint_ttl_secs: u64,
+    /// Keys of the app's own token issuer, by `kid`.
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            secret_file: Some(PathBuf::from("chat-secret")),
+            secret_kid: "courier".into(),
+            audience: None,
+            leeway_secs: 0,
+            mint_ttl_secs: 3600,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One verification key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The `kid` header of tokens signed with it.
+    pub kid: String,
+    /// Its algorithm; a token claiming another is refused.
+    pub alg: KeyAlgorithm,
+    /// HS256: the shared secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// ES256 or EdDSA: the public key, PEM.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// Signature algorithms accepted for access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    HS256,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}

@@ -1,0 +1,424 @@
+//! Feeding devices from their inboxes, and receipts.
+//!
+//! One task drives every connected device: it sends the inbox entries after
+//! the device's cursor (a window of them at a time) with
+//! `Broker::deliver`, and advances the cursor as the device acknowledges
+//! them, in inbox order. A delivery is not kept in an MQTT session queue:
+//! the inbox is the durable copy, so a device that drops and returns is
+//! simply fed again from its cursor. Acknowledgements also move the
+//! user's delivered watermark in the conversation; watermark changes go
+//! out as coalesced receipts every `FLUSH`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier::broker::Delivered;
+use courier::feed::{ClientUpdate, Feed};
+use courier::message::Message;
+use courier::tracker::{DropReason, Outcome, Tracker};
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::identity::device_of;
+use crate::proto;
+use crate::records::{self, conversation_log, inbox_log, ConvKind, InboxRef};
+use crate::requests::to_entry;
+use crate::{topics, Chat};
+
+/// How often cursors are saved and receipts sent.
+const FLUSH: Duration = Duration::from_millis(50);
+
+/// What the delivery task hears.
+pub(crate) enum Event {
+    /// These users' inboxes have new, durable entries.
+    InboxGrew(Vec<String>),
+    /// A user's read watermark in a conversation moved (from `device`).
+    Watermark {
+        conversation: String,
+        user: String,
+        device: String,
+    },
+    /// How one delivery ended.
+    Report {
+        client_id: Arc<str>,
+        inbox_seq: u64,
+        conversation: String,
+        seq: u64,
+        outcome: Outcome,
+    },
+}
+
+/// One connected device.
+struct Pump {
+    user: String,
+    device: String,
+    /// Every inbox entry up to here is acknowledged (or was the device's
+    /// own).
+    cursor: u64,
+    saved: u64,
+    /// The next inbox entry to send.
+    next: u64,
+    /// Sent, not yet acknowledged: inbox seq to (conversation, seq).
+    outstanding: BTreeMap<u64, (String, u64)>,
+}
+
+#[derive(Default)]
+struct Dirty {
+    read: bool,
+    /// The device the read came from (it needs no receipt of it).
+    from_device: Option<String>,
+}
+
+struct Deliveries {
+    chat: Arc<Chat>,
+    tx: mpsc::UnboundedSender<Event>,
+    pumps: HashMap<Arc<str>, Pump>,
+    devices: HashMap<String, Vec<Arc<str>>>,
+    dirty: HashMap<(String, String), Dirty>,
+}
+
+pub(crate) fn spawn(chat: Arc<Chat>, feed: Arc<Feed>, mut rx: mpsc::UnboundedReceiver<Event>) {
+    let Ok(broker) = chat.broker() else { return };
+    let mut stop = broker.shutdown_signal();
+    drop(broker);
+    let tx = chat.events.clone();
+    tokio::spawn(async move {
+        let mut s = Deliveries {
+            chat,
+            tx,
+            pumps: HashMap::new(),
+            devices: HashMap::new(),
+            dirty: HashMap::new(),
+        };
+        let mut tick = tokio::time::interval(FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                u = feed.next() => s.update(u),
+                Some(e) = rx.recv() => s.event(e),
+                _ = tick.tick() => s.flush(),
+                _ = stop.changed() => break,
+            }
+        }
+        s.flush();
+    });
+}
+
+impl Deliveries {
+    fn update(&mut self, u: ClientUpdate) {
+        let Some((user, device)) = device_of(&u.client) else {
+            return;
+        };
+        let id = u.client.client_id.clone();
+        let (user, device) = (user.to_owned(), device.to_owned());
+        if u.online {
+            // Also after a quick reconnect the feed coalesced: what the old
+            // connection had outstanding is sent again.
+            let cursor = match self.pumps.get(&id) {
+                Some(p) => p.cursor,
+                None => self.saved_cursor(&user, &device),
+            };
+            let list = self.devices.entry(user.clone()).or_default();
+            if !list.contains(&id) {
+                list.push(id.clone());
+            }
+            self.pumps.insert(
+                id.clone(),
+                Pump {
+                    user,
+                    device,
+                    cursor,
+                    saved: cursor,
+                    next: cursor + 1,
+                    outstanding: BTreeMap::new(),
+                },
+            );
+            self.refill(&id);
+        } else if let Some(p) = self.pumps.remove(&id) {
+            self.save(&p);
+            if let Some(list) = self.devices.get_mut(&p.user) {
+                list.retain(|c| *c != id);
+                if list.is_empty() {
+                    self.devices.remove(&p.user);
+                }
+            }
+        }
+    }
+
+    fn saved_cursor(&self, user: &str, device: &str) -> u64 {
+        let Ok(b) = self.chat.broker() else { return 0 };
+        match b.logs().cursors(&inbox_log(user)) {
+            Ok(c) => c.iter().find(|(n, _)| n == device).map_or(0, |c| c.1),
+            Err(e) => {
+                tracing::error!(user, device, "chat: reading inbox cursor: {e}");
+                0
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::InboxGrew(users) => {
+                for u in users {
+                    let ids = self.devices.get(&u).cloned().unwrap_or_default();
+                    for id in ids {
+                        self.refill(&id);
+                    }
+                }
+            }
+            Event::Watermark {
+                conversation,
+                user,
+                device,
+            } => {
+                let d = self.dirty.entry((conversation, user)).or_default();
+                d.read = true;
+                d.from_device = Some(device);
+            }
+            Event::Report {
+                client_id,
+                inbox_seq,
+                conversation,
+                seq,
+                outcome,
+            } => self.report(client_id, inbox_seq, conversation, seq, outcome),
+        }
+    }
+
+    fn report(&mut self, id: Arc<str>, inbox_seq: u64, conv: String, seq: u64, outcome: Outcome) {
+        let Some(p) = self.pumps.get_mut(&id) else {
+            return;
+        };
+        if !p.outstanding.contains_key(&inbox_seq) {
+            return; // from an earlier connection, sent again since
+        }
+        match outcome {
+            Outcome::Acknowledged | Outcome::Sent => {
+                self.chat
+                    .metrics
+                    .inc(&self.chat.metrics.delivery_acks, 1);
+                let user = p.user.clone();
+                Self::done(p, inbox_seq);
+                self.delivered(&conv, &user, seq);
+            }
+            Outcome::Dropped(DropReason::TooLarge) => {
+                tracing::warn!(client_id = %id, conversation = conv, seq, "chat: entry larger than the device's maximum packet size; skipped");
+                Self::done(p, inbox_seq);
+            }
+            Outcome::Dropped(_) => {
+                // Still connected (else the feed ends the pump): send the
+                // window again from the cursor.
+                p.outstanding.clear();
+                p.next = p.cursor + 1;
+            }
+        }
+        self.refill(&id);
+    }
+
+    fn done(p: &mut Pump, inbox_seq: u64) {
+        p.outstanding.remove(&inbox_seq);
+        let upto = match p.outstanding.keys().next() {
+            Some(first) => first - 1,
+            None => p.next - 1,
+        };
+        p.cursor = p.cursor.max(upto);
+    }
+
+    /// `user` has entry `seq` of `conv` on a device.
+    fn delivered(&mut self, conv: &str, user: &str, seq: u64) {
+        let mut d = self.chat.dir.lock();
+        let Some(m) = d
+            .conversations
+            .get_mut(conv)
+            .and_then(|c| c.members.get_mut(user))
+        else {
+            return;
+        };
+        if seq > m.delivered {
+            m.delivered = seq;
+            drop(d);
+            self.dirty
+                .entry((conv.to_owned(), user.to_owned()))
+                .or_default();
+        }
+    }
+
+    /// Sends device `id` inbox entries until its window is full.
+    fn refill(&mut self, id: &Arc<str>) {
+        let Ok(broker) = self.chat.broker() else { return };
+        let window = self.chat.config.inbox_window.max(1);
+        let Some(p) = self.pumps.get_mut(id) else {
+            return;
+        };
+        while p.outstanding.len() < window {
+            let want = window - p.outstanding.len();
+            let refs = match broker.logs().read(&inbox_log(&p.user), p.next, want) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(client_id = %id, "chat: reading inbox: {e}");
+                    return;
+                }
+            };
+            if refs.is_empty() {
+                return;
+            }
+            for r in refs {
+                p.next = r.seq + 1;
+                let Some(iref) = records::decode::<InboxRef>(&r.data) else {
+                    tracing::error!(client_id = %id, seq = r.seq, "chat: unreadable inbox entry skipped");
+                    Self::done_unsent(p, r.seq);
+                    continue;
+                };
+                if iref.from_device.as_deref() == Some(p.device.as_str()) {
+                    // The device's own message: it has it.
+                    Self::done_unsent(p, r.seq);
+                    continue;
+                }
+                let log = conversation_log(&iref.conversation);
+                let entry = match broker.logs().read(&log, iref.seq, 1) {
+                    Ok(v) => v
+                        .into_iter()
+                        .find(|e| e.seq == iref.seq)
+                        .and_then(|e| to_entry(&iref.conversation, &e, Some(&p.user))),
+                    Err(e) => {
+                        tracing::error!(client_id = %id, "chat: reading conversation: {e}");
+                        return;
+                    }
+                };
+                let Some(entry) = entry else {
+                    // Gone from the conversation (retention): nothing to send.
+                    Self::done_unsent(p, r.seq);
+                    continue;
+                };
+                let down = proto::Down {
+                    kind: Some(proto::down::Kind::Entry(entry)),
+                };
+                let msg = Message {
+                    topic: topics::inbox(&p.user, &p.device),
+                    payload: Bytes::from(down.encode_to_vec()),
+                    qos: 1,
+                    retain: false,
+                    expires_at: None,
+                    props: None,
+                };
+                let tx = self.tx.clone();
+                let (conv, seq, inbox_seq) = (iref.conversation.clone(), iref.seq, r.seq);
+                let tracker = Tracker::new(move |rep| {
+                    let _ = tx.send(Event::Report {
+                        client_id: rep.client_id,
+                        inbox_seq,
+                        conversation: conv.clone(),
+                        seq,
+                        outcome: rep.outcome,
+                    });
+                });
+                p.outstanding.insert(r.seq, (iref.conversation, iref.seq));
+                match broker.deliver(id, msg, false, Some(&tracker)) {
+                    Ok(Delivered::Queued { .. }) => {
+                        self.chat.metrics.inc(&self.chat.metrics.deliveries, 1);
+                    }
+                    Ok(Delivered::Dropped(_)) => {} // the tracker was told
+                    Ok(Delivered::NoSession) | Err(_) => {
+                        p.outstanding.remove(&r.seq);
+                        p.next = r.seq;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An inbox entry that needs no sending counts as acknowledged.
+    fn done_unsent(p: &mut Pump, inbox_seq: u64) {
+        p.outstanding.insert(inbox_seq, (String::new(), 0));
+        Self::done(p, inbox_seq);
+    }
+
+    fn save(&self, p: &Pump) {
+        if p.cursor > p.saved {
+            if let Ok(b) = self.chat.broker() {
+                b.logs().set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
+            }
+        }
+    }
+
+    /// Saves moved cursors and watermarks, and sends receipts: one message
+    /// per device, with every watermark that moved for it.
+    fn flush(&mut self) {
+        let Ok(broker) = self.chat.broker() else { return };
+        for p in self.pumps.values_mut() {
+            if p.cursor > p.saved {
+                broker
+                    .logs()
+                    .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
+                p.saved = p.cursor;
+            }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut out: HashMap<Arc<str>, Vec<proto::Receipt>> = HashMap::new();
+        {
+            let d = self.chat.dir.lock();
+            for ((conv, user), dirty) in self.dirty.drain() {
+                let Some(c) = d.conversations.get(&conv) else {
+                    continue;
+                };
+                let Some(m) = c.members.get(&user) else {
+                    continue;
+                };
+                let log = conversation_log(&conv);
+                broker
+                    .logs()
+                    .set_cursor(&log, &format!("d:{user}"), m.delivered);
+                broker.logs().set_cursor(&log, &format!("r:{user}"), m.read);
+                let receipt = proto::Receipt {
+                    conversation: conv.clone(),
+                    user: user.clone(),
+                    delivered: m.delivered,
+                    read: m.read,
+                };
+                // Direct: the other member sees both ticks. Groups: members
+                // ask per message (MessageReceipts); live receipts there
+                // would cost members x members messages.
+                if c.kind == ConvKind::Direct {
+                    for other in c.members.keys().filter(|u| **u != user) {
+                        for id in self.devices.get(other).into_iter().flatten() {
+                            out.entry(id.clone()).or_default().push(receipt.clone());
+                        }
+                    }
+                }
+                // The reader's other devices clear their unread counts.
+                if dirty.read {
+                    for id in self.devices.get(&user).into_iter().flatten() {
+                        let from = dirty.from_device.as_deref();
+                        if self.pumps.get(id).map(|p| p.device.as_str()) != from {
+                            out.entry(id.clone()).or_default().push(receipt.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (id, receipts) in out {
+            let Some(p) = self.pumps.get(&id) else {
+                continue;
+            };
+            let down = proto::Down {
+                kind: Some(proto::down::Kind::Receipts(proto::Receipts { receipts })),
+            };
+            let msg = Message {
+                topic: topics::inbox(&p.user, &p.device),
+                payload: Bytes::from(down.encode_to_vec()),
+                qos: 1,
+                retain: false,
+                expires_at: None,
+                props: None,
+            };
+            if broker.deliver(&id, msg, false, None).is_ok() {
+                self.chat.metrics.inc(&self.chat.metrics.receipts, 1);
+            }
+        }
+    }
+}

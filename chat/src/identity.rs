@@ -1,0 +1,226 @@
+//! Who a connection is. A chat device connects with client id
+//! `<user>:<device>`, an access token as its password, and an empty
+//! username or its user id; the token must name that user and device.
+//! Other clients (no `:` in their client id) are plain MQTT clients and go
+//! to the configured password file and ACL.
+//!
+//! A chat device may subscribe only to its own inbox topic and publish only
+//! into the chat namespace (which its handler checks). Failed logins from
+//! one address are answered more slowly each time, and counted.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier::hooks::{
+    AuthDecision, AuthRequest, ClientInfo, HookFuture, Hooks, Principal, SubscribeDecision,
+};
+use courier::logs::NewRecord;
+
+use crate::records::{self, inbox_log, DirRecord, DIRECTORY};
+use crate::{topics, Chat};
+
+/// Recent failed logins from one address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// The broker's hooks with the chat layer's identity in front.
+pub struct ChatHooks {
+    chat: Arc<Chat>,
+    inner: Arc<dyn Hooks>,
+}
+
+impl ChatHooks {
+    /// Chat devices are checked here; everyone else by `inner`.
+    pub fn new(chat: Arc<Chat>, inner: Arc<dyn Hooks>) -> ChatHooks {
+        ChatHooks { chat, inner }
+    }
+}
+
+/// The chat device a connected client is, if it is one.
+pub(crate) fn device_of(client: &ClientInfo) -> Option<(&str, &str)> {
+    let p = client.principal.as_deref()?;
+    let device = p.device.as_deref()?;
+    topics::parse_client_id(&client.client_id)
+        .filter(|(u, d)| *u == p.user && *d == device)
+}
+
+impl Hooks for ChatHooks {
+    fn authenticate<'a>(&'a self, req: AuthRequest<'a>) -> HookFuture<'a, AuthDecision> {
+        if !req.client_id.contains(':') {
+            return self.inner.authenticate(req);
+        }
+        Box::pin(async move {
+            let decision = self.chat.login(&req);
+            match decision {
+                Ok(p) => {
+                    self.chat.failures.lock().remove(&req.peer.ip());
+                    self.chat.metrics.inc(&self.chat.metrics.logins, 1);
+                    AuthDecision::AllowAs(Arc::new(p))
+                }
+                Err((why, decision)) => {
+                    self.chat.metrics.inc(&self.chat.metrics.logins_refused, 1);
+                    let delay = self.chat.failed(req.peer.ip(), Instant::now());
+                    tracing::warn!(client_id = req.client_id, peer = %req.peer, delay_ms = delay.as_millis() as u64, "chat login refused: {why}");
+                    tokio::time::sleep(delay).await;
+                    decision
+                }
+            }
+        })
+    }
+
+    fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {
+        if device_of(client).is_some() {
+            // Outside the chat namespace (its handler decides inside).
+            self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
+            tracing::info!(client_id = %client.client_id, topic, "chat device may not publish outside c/");
+            return false;
+        }
+        self.inner.authorize_publish(client, topic)
+    }
+
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
+        if device_of(client).is_some() {
+            self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
+            tracing::info!(client_id = %client.client_id, filter, "chat device may subscribe only to its inbox");
+            return SubscribeDecision::Deny;
+        }
+        self.inner.authorize_subscribe(client, filter)
+    }
+
+    fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
+        device_of(client).is_none() && self.inner.authorize_read(client, topic)
+    }
+}
+
+type Refusal = (String, AuthDecision);
+
+impl Chat {
+    /// Checks a chat device's CONNECT; registers a new user or device.
+    fn login(&self, req: &AuthRequest<'_>) -> Result<Principal, Refusal> {
+        let bad = |why: String| (why, AuthDecision::BadCredentials);
+        let (user, device) = topics::parse_client_id(req.client_id).ok_or_else(|| {
+            (
+                "client id is not <user>:<device>".to_owned(),
+                AuthDecision::NotAuthorized,
+            )
+        })?;
+        if req.username.is_some_and(|u| !u.is_empty() && u != user) {
+            return Err(bad(format!("username is not {user:?}")));
+        }
+        let token = req
+            .password
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or_else(|| bad("no access token".into()))?;
+        let claims = self
+            .tokens
+            .verify(token, courier::message::unix_now())
+            .map_err(|e| bad(e.to_string()))?;
+        if claims.sub != user || claims.dev != device {
+            return Err(bad(format!(
+                "token is for {}:{}, not this client id",
+                claims.sub, claims.dev
+            )));
+        }
+        self.register(user, device)?;
+        Ok(Principal {
+            user: user.to_owned(),
+            device: Some(device.to_owned()),
+            expires_at: Some(claims.exp.saturating_add(self.config.tokens.leeway_secs)),
+            claims: claims.aud.map(|a| ("aud".to_owned(), a)).into_iter().collect(),
+        })
+    }
+
+    /// Makes the user and device known, refusing a revoked device. A new
+    /// device's inbox cursor starts at the inbox's end: it begins with the
+    /// snapshot (docs/PROTOCOL.md), not the user's whole backlog.
+    fn register(&self, user: &str, device: &str) -> Result<(), Refusal> {
+        let mut d = self.dir.lock();
+        match d.device_revoked(user, device) {
+            Some(true) => {
+                return Err(("device is revoked".into(), AuthDecision::NotAuthorized));
+            }
+            Some(false) => return Ok(()),
+            None => {}
+        }
+        let broker = self
+            .broker()
+            .map_err(|e| (e.to_string(), AuthDecision::NotAuthorized))?;
+        let logs = broker.logs();
+        let mut recs = Vec::new();
+        if !d.users.contains_key(user) {
+            recs.push(DirRecord::User {
+                user: user.to_owned(),
+            });
+        }
+        recs.push(DirRecord::Device {
+            user: user.to_owned(),
+            device: device.to_owned(),
+        });
+        let new: Vec<NewRecord> = recs
+            .iter()
+            .map(|r| NewRecord {
+                id: None,
+                data: records::encode(r),
+            })
+            .collect();
+        let unavailable = |e: String| (format!("store: {e}"), AuthDecision::NotAuthorized);
+        logs.append(DIRECTORY, new, None)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let inbox = inbox_log(user);
+        let last = logs.last(&inbox).map_err(|e| unavailable(e.to_string()))?;
+        if last > 0 {
+            logs.set_cursor(&inbox, device, last);
+        }
+        for r in &recs {
+            d.apply(r);
+        }
+        tracing::info!(user, device, "chat: new device");
+        Ok(())
+    }
+
+    /// Counts a failure from `ip`; how long to wait before answering it.
+    fn failed(&self, ip: IpAddr, now: Instant) -> Duration {
+        let memory = Duration::from_secs(self.config.login_failure_memory_secs);
+        let mut f = self.failures.lock();
+        // Bounded: forget quiet addresses once the table grows.
+        if f.len() > 100_000 {
+            f.retain(|_, v| now.duration_since(v.last) < memory);
+        }
+        let e = f.entry(ip).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(e.last) >= memory {
+            e.count = 0;
+        }
+        e.count = e.count.saturating_add(1);
+        e.last = now;
+        let ms = 50u64.saturating_mul(1 << e.count.min(16).saturating_sub(1));
+        Duration::from_millis(ms.min(self.config.max_login_delay_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ChatConfig;
+
+    #[test]
+    fn failures_from_one_address_wait_longer_each_time_then_are_forgotten() {
+        let chat = Chat::for_tests(ChatConfig::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        let waits: Vec<u64> = (0..9)
+            .map(|i| chat.failed(a, t0 + Duration::from_secs(i)).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        // Another address starts afresh; so does this one after a quiet spell.
+        assert_eq!(chat.failed(b, t0).as_millis(), 50);
+        assert_eq!(chat.failed(a, t0 + Duration::from_secs(9 + 600)).as_millis(), 50);
+    }
+}

@@ -1,0 +1,570 @@
+//! The chat namespace's handler: a device's sends (`c/s`) and requests
+//! (`c/r`). Each is checked and written under the directory lock, then
+//! answered, PUBACK and response alike, once the commit covering it is
+//! durable.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier::hooks::{ClientInfo, SubscribeDecision};
+use courier::message::{Message, MessageProps};
+use courier::namespace::{AckCode, Inbound, Namespace, Reply};
+use courier::store::LogRecord;
+use courier::Broker;
+use prost::Message as _;
+
+use crate::directory::direct_id;
+use crate::error::ChatError;
+use crate::identity::device_of;
+use crate::proto::{self, request::Op};
+use crate::records::{self, conversation_log, Action, ConvKind, StoredEntry, StoredKind};
+use crate::{delivery, topics, Chat};
+
+/// Longest client message id.
+const MAX_CLIENT_MSG_ID: usize = 64;
+/// Most entries one history page returns.
+const MAX_PAGE: usize = 200;
+/// Entries a history page returns if the request names no limit.
+const DEFAULT_PAGE: usize = 50;
+
+/// The chat namespace's [`Namespace`] handler.
+pub(crate) struct Handler(pub Arc<Chat>);
+
+impl Namespace for Handler {
+    fn publish(&self, _broker: &Arc<Broker>, p: Inbound) {
+        let chat = &self.0;
+        let Some((user, device)) = device_of(&p.client) else {
+            chat.metrics.inc(&chat.metrics.acl_refused, 1);
+            tracing::info!(client_id = %p.client.client_id, topic = %p.message.topic, "publish into c/ by a client that is not a chat device");
+            p.ack
+                .answer(Reply::refuse(AckCode::NotAuthorized, "not a chat device"));
+            return;
+        };
+        let (user, device) = (user.to_owned(), device.to_owned());
+        let outcome = match p.message.topic.as_str() {
+            topics::SEND => chat.send(&user, &device, &p.message.payload),
+            topics::REQUEST => chat.request(&user, &device, &p.message.payload),
+            t => {
+                chat.metrics.inc(&chat.metrics.acl_refused, 1);
+                tracing::info!(user, device, topic = t, "chat: publish to a topic devices may not write");
+                // Another device's inbox is not allowed; anything else is
+                // not a topic of the protocol.
+                let code = if t.starts_with("c/in/") {
+                    AckCode::NotAuthorized
+                } else {
+                    AckCode::TopicNameInvalid
+                };
+                p.ack
+                    .answer(Reply::refuse(code, "chat devices publish to c/s and c/r only"));
+                return;
+            }
+        };
+        let chat = chat.clone();
+        tokio::spawn(async move {
+            let (mut reply, response, woken) = match outcome {
+                Ok(done) => (done.reply, done.response, done.woken),
+                Err(e) => {
+                    chat.metrics.inc(&chat.metrics.refused, 1);
+                    tracing::debug!(user, device, "chat: refused: {e}");
+                    (e.reply(), Some(error_response(&e)), Vec::new())
+                }
+            };
+            // What was written must be durable before anyone hears of it.
+            let durable = match chat.broker() {
+                Ok(b) => b.durable().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = durable {
+                let e = ChatError::Unavailable(e.to_string());
+                reply = e.reply();
+                let _ = chat.respond(&p, &user, &device, error_response(&e));
+                p.ack.answer(reply);
+                return;
+            }
+            if let Some(r) = response {
+                let _ = chat.respond(&p, &user, &device, r);
+            }
+            p.ack.answer(reply);
+            if !woken.is_empty() {
+                let _ = chat.events.send(delivery::Event::InboxGrew(woken));
+            }
+        });
+    }
+
+    fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
+        match device_of(client) {
+            Some((u, d)) if filter == topics::inbox(u, d) => SubscribeDecision::Allow,
+            _ => {
+                self.0.metrics.inc(&self.0.metrics.acl_refused, 1);
+                tracing::info!(client_id = %client.client_id, filter, "chat: subscription refused");
+                SubscribeDecision::Deny
+            }
+        }
+    }
+
+    fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
+        device_of(client).is_some_and(|(u, d)| topic == topics::inbox(u, d))
+    }
+}
+
+fn error_response(e: &ChatError) -> proto::Response {
+    proto::Response {
+        error: Some(e.to_proto()),
+        result: None,
+    }
+}
+
+/// What a send or request did.
+struct Done {
+    reply: Reply,
+    response: Option<proto::Response>,
+    /// Users whose inboxes grew.
+    woken: Vec<String>,
+}
+
+impl Done {
+    fn answer(result: proto::response::Result) -> Done {
+        Done {
+            reply: Reply::success(),
+            response: Some(proto::Response {
+                error: None,
+                result: Some(result),
+            }),
+            woken: Vec::new(),
+        }
+    }
+}
+
+impl Chat {
+    fn send(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
+        let s = proto::SendMessage::decode(payload)
+            .map_err(|e| ChatError::BadRequest(format!("SendMessage: {e}")))?;
+        let content = s
+            .content
+            .ok_or_else(|| ChatError::BadRequest("no content".into()))?;
+        let size = content.body.len() + content.r#type.len();
+        if size > self.config.max_content_bytes {
+            return Err(ChatError::TooLarge {
+                size,
+                max: self.config.max_content_bytes,
+            });
+        }
+        if s.client_msg_id.is_empty() || s.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(ChatError::BadRequest(format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
+            )));
+        }
+        let mut d = self.dir.lock();
+        let conv = if !s.conversation.is_empty() {
+            s.conversation.clone()
+        } else if !s.to_user.is_empty() {
+            if s.to_user == user {
+                return Err(ChatError::BadRequest("to_user is the sender".into()));
+            }
+            if !d.users.contains_key(&s.to_user) {
+                return Err(ChatError::UnknownUser(s.to_user));
+            }
+            let id = direct_id(user, &s.to_user);
+            if !d.conversations.contains_key(&id) {
+                // Under the lock: one direct conversation per pair, even
+                // when both write first at once.
+                let members = vec![user.to_owned(), s.to_user.clone()];
+                self.create(&mut d, &id, ConvKind::Direct, (user, device), members, String::new())?;
+            }
+            id
+        } else {
+            return Err(ChatError::BadRequest(
+                "neither conversation nor to_user".into(),
+            ));
+        };
+        let (c, _) = Chat::member_of(&d, &conv, user)?;
+        let recipients: Vec<String> = c.members.keys().cloned().collect();
+        let entry = StoredEntry {
+            sender: user.to_owned(),
+            device: device.to_owned(),
+            client_msg_id: s.client_msg_id.clone(),
+            kind: StoredKind::Content {
+                ty: content.r#type,
+                body: content.body,
+            },
+        };
+        // Scoped to the device: another device's id never collides.
+        let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
+        let (seq, repeat) = self.append_entry(&mut d, &conv, &entry, Some(id), &recipients)?;
+        drop(d);
+        if repeat {
+            self.metrics.inc(&self.metrics.send_repeats, 1);
+        } else {
+            self.metrics.inc(&self.metrics.sends, 1);
+        }
+        let mut reply = Reply::success().with_property("seq", seq.to_string());
+        if s.conversation.is_empty() {
+            reply = reply.with_property("c", conv);
+        }
+        Ok(Done {
+            reply,
+            response: None,
+            woken: if repeat { Vec::new() } else { recipients },
+        })
+    }
+
+    fn request(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
+        let r = proto::Request::decode(payload)
+            .map_err(|e| ChatError::BadRequest(format!("Request: {e}")))?;
+        let op = r
+            .op
+            .ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
+        self.metrics.inc(&self.metrics.requests, 1);
+        use proto::response::Result as R;
+        match op {
+            Op::CreateGroup(g) => {
+                let mut members = vec![user.to_owned()];
+                for m in g.members {
+                    if !members.contains(&m) {
+                        members.push(m);
+                    }
+                }
+                if members.len() > self.config.max_group_members {
+                    return Err(ChatError::LimitReached(format!(
+                        "a group has at most {} members",
+                        self.config.max_group_members
+                    )));
+                }
+                let mut d = self.dir.lock();
+                if let Some(m) = members.iter().find(|m| !d.users.contains_key(*m)) {
+                    return Err(ChatError::UnknownUser(m.clone()));
+                }
+                let id = crate::directory::group_id();
+                self.create(&mut d, &id, ConvKind::Group, (user, device), members.clone(), g.name)?;
+                let info = self.summary(&d, &id, user)?;
+                let mut done = Done::answer(R::Conversation(proto::ConversationInfo {
+                    conversation: Some(info),
+                }));
+                done.woken = members;
+                Ok(done)
+            }
+            Op::AddMember(a) => {
+                let mut d = self.dir.lock();
+                let (c, _) = Chat::member_of(&d, &a.conversation, user)?;
+                if c.kind == ConvKind::Direct {
+                    return Err(ChatError::NotAllowed("a direct conversation's members are fixed".into()));
+                }
+                if c.members.contains_key(&a.user) {
+                    return Ok(self.info_done(&d, &a.conversation, user, Vec::new())?);
+                }
+                if c.members.len() >= self.config.max_group_members {
+                    return Err(ChatError::LimitReached(format!(
+                        "a group has at most {} members",
+                        self.config.max_group_members
+                    )));
+                }
+                if !d.users.contains_key(&a.user) {
+                    return Err(ChatError::UnknownUser(a.user));
+                }
+                self.change(&mut d, &a.conversation, (user, device), Action::Added, vec![a.user], String::new())?;
+                let woken = d.conversations[&a.conversation].members.keys().cloned().collect();
+                self.info_done(&d, &a.conversation, user, woken)
+            }
+            Op::RemoveMember(rm) => self.remove(user, device, &rm.conversation, &rm.user),
+            Op::Leave(l) => self.remove(user, device, &l.conversation, user),
+            Op::History(h) => {
+                let d = self.dir.lock();
+                let (c, m) = Chat::member_of(&d, &h.conversation, user)?;
+                let last = c.last_seq;
+                drop(d);
+                let limit = match h.limit as usize {
+                    0 => DEFAULT_PAGE,
+                    n => n.min(MAX_PAGE),
+                };
+                let log = conversation_log(&h.conversation);
+                let broker = self.broker()?;
+                let logs = broker.logs();
+                let recs = if h.before > 0 {
+                    let mut v = logs.read_back(&log, h.before.min(last + 1), limit)?;
+                    v.retain(|r| r.seq >= m.since);
+                    v
+                } else {
+                    let mut v = logs.read(&log, h.after.max(m.since.saturating_sub(1)) + 1, limit)?;
+                    v.retain(|r| r.seq <= last);
+                    v
+                };
+                let entries = recs
+                    .iter()
+                    .filter_map(|r| to_entry(&h.conversation, r, Some(user)))
+                    .collect();
+                Ok(Done::answer(R::Entries(proto::Entries { entries })))
+            }
+            Op::MarkRead(mr) => {
+                let mut d = self.dir.lock();
+                let (c, _) = Chat::member_of(&d, &mr.conversation, user)?;
+                let upto = mr.seq.min(c.last_seq);
+                let c = d
+                    .conversations
+                    .get_mut(&mr.conversation)
+                    .ok_or(ChatError::UnknownConversation)?;
+                if let Some(m) = c.members.get_mut(user) {
+                    if upto > m.read {
+                        m.read = upto;
+                        m.delivered = m.delivered.max(upto);
+                        drop(d);
+                        let _ = self.events.send(delivery::Event::Watermark {
+                            conversation: mr.conversation,
+                            user: user.to_owned(),
+                            device: device.to_owned(),
+                        });
+                    }
+                }
+                Ok(Done {
+                    reply: Reply::success(),
+                    response: Some(proto::Response::default()),
+                    woken: Vec::new(),
+                })
+            }
+            Op::ListConversations(l) => {
+                let d = self.dir.lock();
+                let mut mine: Vec<(&String, u64)> = d
+                    .users
+                    .get(user)
+                    .map(|u| {
+                        u.conversations
+                            .iter()
+                            .filter_map(|c| d.conversations.get(c).map(|x| (c, x.last_ms)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // Most recent first; ties in a fixed order, so pages agree.
+                mine.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                let limit = match l.limit as usize {
+                    0 => 20,
+                    n => n.min(MAX_PAGE),
+                };
+                let offset = l.offset as usize;
+                let page: Vec<String> = mine.iter().skip(offset).take(limit).map(|c| c.0.clone()).collect();
+                let more = mine.len() > offset + page.len();
+                let mut conversations = Vec::with_capacity(page.len());
+                for id in &page {
+                    conversations.push(self.summary(&d, id, user)?);
+                }
+                Ok(Done::answer(R::Conversations(proto::Conversations {
+                    conversations,
+                    more,
+                })))
+            }
+            Op::ListDevices(_) => {
+                let d = self.dir.lock();
+                let devices = d
+                    .users
+                    .get(user)
+                    .map(|u| {
+                        u.devices
+                            .iter()
+                            .map(|(id, revoked)| proto::Device {
+                                id: id.clone(),
+                                revoked: *revoked,
+                                online: false,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut done = Done::answer(R::Devices(proto::Devices { devices }));
+                if let Some(proto::Response {
+                    result: Some(R::Devices(ds)),
+                    ..
+                }) = &mut done.response
+                {
+                    let broker = self.broker()?;
+                    for dev in &mut ds.devices {
+                        dev.online = broker.is_connected(&topics::client_id(user, &dev.id));
+                    }
+                }
+                Ok(done)
+            }
+            Op::RevokeDevice(rd) => {
+                let mut d = self.dir.lock();
+                if d.device_revoked(user, &rd.device).is_none() {
+                    return Err(ChatError::BadRequest(format!("no device {:?}", rd.device)));
+                }
+                let rec = records::DirRecord::DeviceRevoked {
+                    user: user.to_owned(),
+                    device: rd.device.clone(),
+                };
+                self.broker()?.logs().append(
+                    records::DIRECTORY,
+                    vec![courier::logs::NewRecord {
+                        id: None,
+                        data: records::encode(&rec),
+                    }],
+                    None,
+                )?;
+                d.apply(&rec);
+                drop(d);
+                self.broker()?.disconnect(&topics::client_id(user, &rd.device));
+                tracing::info!(user, device = rd.device, by = device, "chat: device revoked");
+                Ok(Done {
+                    reply: Reply::success(),
+                    response: Some(proto::Response::default()),
+                    woken: Vec::new(),
+                })
+            }
+            Op::MessageReceipts(q) => {
+                let d = self.dir.lock();
+                let (c, _) = Chat::member_of(&d, &q.conversation, user)?;
+                if q.seq == 0 || q.seq > c.last_seq {
+                    return Err(ChatError::BadRequest("no such entry".into()));
+                }
+                let mut res = proto::MessageReceiptsResult::default();
+                for (u, m) in &c.members {
+                    if m.since > q.seq {
+                        continue;
+                    }
+                    res.members += 1;
+                    if m.delivered >= q.seq {
+                        res.delivered.push(u.clone());
+                    }
+                    if m.read >= q.seq {
+                        res.read.push(u.clone());
+                    }
+                }
+                Ok(Done::answer(R::Receipts(res)))
+            }
+        }
+    }
+
+    fn remove(&self, user: &str, device: &str, conv: &str, who: &str) -> Result<Done, ChatError> {
+        let mut d = self.dir.lock();
+        let (c, _) = Chat::member_of(&d, conv, user)?;
+        if c.kind == ConvKind::Direct {
+            return Err(ChatError::NotAllowed("a direct conversation's members are fixed".into()));
+        }
+        if !c.members.contains_key(who) {
+            return Err(ChatError::NotMember);
+        }
+        let woken: Vec<String> = c.members.keys().cloned().collect();
+        let action = if who == user { Action::Left } else { Action::Removed };
+        self.change(&mut d, conv, (user, device), action, vec![who.to_owned()], String::new())?;
+        if who == user {
+            Ok(Done {
+                reply: Reply::success(),
+                response: Some(proto::Response::default()),
+                woken,
+            })
+        } else {
+            self.info_done(&d, conv, user, woken)
+        }
+    }
+
+    fn info_done(
+        &self,
+        d: &crate::directory::Directory,
+        conv: &str,
+        user: &str,
+        woken: Vec<String>,
+    ) -> Result<Done, ChatError> {
+        let info = self.summary(d, conv, user)?;
+        let mut done = Done::answer(proto::response::Result::Conversation(proto::ConversationInfo {
+            conversation: Some(info),
+        }));
+        done.woken = woken;
+        Ok(done)
+    }
+
+    /// A conversation as `user` sees it.
+    fn summary(
+        &self,
+        d: &crate::directory::Directory,
+        id: &str,
+        user: &str,
+    ) -> Result<proto::Conversation, ChatError> {
+        let (c, m) = Chat::member_of(d, id, user)?;
+        let last = self
+            .broker()?
+            .logs()
+            .read_back(&conversation_log(id), c.last_seq + 1, 1)?
+            .first()
+            .filter(|r| r.seq >= m.since)
+            .and_then(|r| to_entry(id, r, Some(user)));
+        Ok(proto::Conversation {
+            id: id.to_owned(),
+            kind: match c.kind {
+                ConvKind::Direct => proto::conversation::Kind::Direct as i32,
+                ConvKind::Group => proto::conversation::Kind::Group as i32,
+            },
+            name: c.name.clone(),
+            members: c.members.keys().cloned().collect(),
+            last_seq: c.last_seq,
+            read: m.read,
+            unread: c.last_seq.saturating_sub(m.read.max(m.since.saturating_sub(1))),
+            last,
+            visible_from: m.since,
+        })
+    }
+
+    /// Sends `response` to the requesting device, with the request's
+    /// correlation data.
+    fn respond(
+        &self,
+        p: &Inbound,
+        user: &str,
+        device: &str,
+        response: proto::Response,
+    ) -> Result<(), courier::store::StoreError> {
+        let props = p.message.props.as_deref();
+        if props.and_then(|x| x.response_topic.as_ref()).is_none() {
+            return Ok(());
+        }
+        let down = proto::Down {
+            kind: Some(proto::down::Kind::Response(response)),
+        };
+        let msg = Message {
+            topic: topics::inbox(user, device),
+            payload: Bytes::from(down.encode_to_vec()),
+            qos: 1,
+            retain: false,
+            expires_at: None,
+            props: Some(Box::new(MessageProps {
+                correlation_data: props.and_then(|x| x.correlation_data.clone()),
+                ..MessageProps::default()
+            })),
+        };
+        match self.broker() {
+            Ok(b) => b.deliver(&p.client.client_id, msg, false, None).map(|_| ()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Entry `r` of `conv` as the protocol shows it to `viewer` (the sender's
+/// client message id only to the sender).
+pub(crate) fn to_entry(conv: &str, r: &LogRecord, viewer: Option<&str>) -> Option<proto::Entry> {
+    let e = records::decode::<StoredEntry>(&r.data)?;
+    let kind = match e.kind {
+        StoredKind::Content { ty, body } => proto::entry::Kind::Content(proto::Content {
+            r#type: ty,
+            body: body.into(),
+        }),
+        StoredKind::Membership {
+            action,
+            users,
+            name,
+        } => proto::entry::Kind::Membership(proto::Membership {
+            action: match action {
+                Action::Created => proto::membership::Action::Created,
+                Action::Added => proto::membership::Action::Added,
+                Action::Removed => proto::membership::Action::Removed,
+                Action::Left => proto::membership::Action::Left,
+            } as i32,
+            users,
+            name,
+        }),
+    };
+    let own = viewer == Some(e.sender.as_str());
+    Some(proto::Entry {
+        conversation: conv.to_owned(),
+        seq: r.seq,
+        client_msg_id: if own { e.client_msg_id } else { String::new() },
+        sender: e.sender,
+        sender_device: e.device,
+        time_ms: r.time_ms,
+        kind: Some(kind),
+    })
+}
