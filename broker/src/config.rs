@@ -277,7 +277,10 @@ impl Config {
     /// Reads a configuration file in which the top-level table `section`
     /// belongs to another layer (the chat layer's `[chat]`): returns that
     /// table, unread, beside the validated broker configuration.
-    pub fn load_split(path: &Path, section: &str) -> Result<(Config, Option<toml::Value>), ConfigError> {
+    pub fn load_split(
+        path: &Path,
+        section: &str,
+    ) -> Result<(Config, Option<toml::Value>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,

@@ -10,7 +10,11 @@ use courier::config::{Config, ListenerConfig, ListenerKind};
 use courier::Server;
 
 #[derive(Parser)]
-#[command(name = "courier-mqtt", version, about = "Courier MQTT broker (no chat layer)")]
+#[command(
+    name = "courier-mqtt",
+    version,
+    about = "Courier MQTT broker (no chat layer)"
+)]
 struct Cli {
     /// Configuration file (TOML); a `[chat]` section in it is ignored.
     #[arg(long, short)]
@@ -35,8 +39,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let mut config = match &cli.config {
         Some(p) => {
-            let (c, chat) =
-                Config::load_split(p, "chat").with_context(|| format!("loading {}", p.display()))?;
+            let (c, chat) = Config::load_split(p, "chat")
+                .with_context(|| format!("loading {}", p.display()))?;
             if chat.is_some() {
                 tracing::info!("courier-mqtt has no chat layer: [chat] ignored");
             }

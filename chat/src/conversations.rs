@@ -87,7 +87,8 @@ impl Chat {
             )?;
         }
         logs.set_cursor(&conversation_log(conv), FANOUT, seq);
-        self.metrics.inc(&self.metrics.inbox_refs, recipients.len() as u64);
+        self.metrics
+            .inc(&self.metrics.inbox_refs, recipients.len() as u64);
         Ok(())
     }
 
@@ -211,10 +212,7 @@ impl Chat {
             let log = conversation_log(&id);
             let last = logs.last(&log)?;
             let cursors = logs.cursors(&log)?;
-            let fanout = cursors
-                .iter()
-                .find(|(n, _)| n == FANOUT)
-                .map_or(0, |c| c.1);
+            let fanout = cursors.iter().find(|(n, _)| n == FANOUT).map_or(0, |c| c.1);
             let mine = changes.remove(&id).unwrap_or_default();
             let c = d
                 .conversations

@@ -96,8 +96,11 @@ pub(crate) fn spawn(chat: Arc<Chat>, feed: Arc<Feed>, mut rx: mpsc::UnboundedRec
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                u = feed.next() => s.update(u),
+                // Reports first: a device's last acknowledgements are in
+                // the channel before the feed says it left.
+                biased;
                 Some(e) = rx.recv() => s.event(e),
+                u = feed.next() => s.update(u),
                 _ = tick.tick() => s.flush(),
                 _ = stop.changed() => break,
             }
@@ -196,9 +199,7 @@ impl Deliveries {
         }
         match outcome {
             Outcome::Acknowledged | Outcome::Sent => {
-                self.chat
-                    .metrics
-                    .inc(&self.chat.metrics.delivery_acks, 1);
+                self.chat.metrics.inc(&self.chat.metrics.delivery_acks, 1);
                 let user = p.user.clone();
                 Self::done(p, inbox_seq);
                 self.delivered(&conv, &user, seq);
@@ -247,7 +248,9 @@ impl Deliveries {
 
     /// Sends device `id` inbox entries until its window is full.
     fn refill(&mut self, id: &Arc<str>) {
-        let Ok(broker) = self.chat.broker() else { return };
+        let Ok(broker) = self.chat.broker() else {
+            return;
+        };
         let window = self.chat.config.inbox_window.max(1);
         let Some(p) = self.pumps.get_mut(id) else {
             return;
@@ -339,7 +342,8 @@ impl Deliveries {
     fn save(&self, p: &Pump) {
         if p.cursor > p.saved {
             if let Ok(b) = self.chat.broker() {
-                b.logs().set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
+                b.logs()
+                    .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
             }
         }
     }
@@ -347,7 +351,9 @@ impl Deliveries {
     /// Saves moved cursors and watermarks, and sends receipts: one message
     /// per device, with every watermark that moved for it.
     fn flush(&mut self) {
-        let Ok(broker) = self.chat.broker() else { return };
+        let Ok(broker) = self.chat.broker() else {
+            return;
+        };
         for p in self.pumps.values_mut() {
             if p.cursor > p.saved {
                 broker

@@ -44,8 +44,7 @@ impl ChatHooks {
 pub(crate) fn device_of(client: &ClientInfo) -> Option<(&str, &str)> {
     let p = client.principal.as_deref()?;
     let device = p.device.as_deref()?;
-    topics::parse_client_id(&client.client_id)
-        .filter(|(u, d)| *u == p.user && *d == device)
+    topics::parse_client_id(&client.client_id).filter(|(u, d)| *u == p.user && *d == device)
 }
 
 impl Hooks for ChatHooks {
@@ -130,7 +129,11 @@ impl Chat {
             user: user.to_owned(),
             device: Some(device.to_owned()),
             expires_at: Some(claims.exp.saturating_add(self.config.tokens.leeway_secs)),
-            claims: claims.aud.map(|a| ("aud".to_owned(), a)).into_iter().collect(),
+            claims: claims
+                .aud
+                .map(|a| ("aud".to_owned(), a))
+                .into_iter()
+                .collect(),
         })
     }
 
@@ -221,6 +224,10 @@ mod tests {
         assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         // Another address starts afresh; so does this one after a quiet spell.
         assert_eq!(chat.failed(b, t0).as_millis(), 50);
-        assert_eq!(chat.failed(a, t0 + Duration::from_secs(9 + 600)).as_millis(), 50);
+        assert_eq!(
+            chat.failed(a, t0 + Duration::from_secs(9 + 600))
+                .as_millis(),
+            50
+        );
     }
 }

@@ -148,10 +148,12 @@ pub struct Running {
 /// (read, or created on first use).
 pub fn load_tokens(config: &ChatConfig) -> Result<Tokens, StartError> {
     let secret = match &config.tokens.secret_file {
-        Some(p) => Some(token::load_or_create_secret(p).map_err(|source| StartError::Secret {
-            path: p.clone(),
-            source,
-        })?),
+        Some(p) => Some(
+            token::load_or_create_secret(p).map_err(|source| StartError::Secret {
+                path: p.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     Ok(Tokens::new(&config.tokens, secret.as_deref())?)
@@ -160,7 +162,9 @@ pub fn load_tokens(config: &ChatConfig) -> Result<Tokens, StartError> {
 /// Opens the store, restores the broker and the chat state, and starts
 /// the listeners. With `chat.enabled` false it is the plain MQTT broker.
 pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartError> {
-    config.validate().map_err(courier::server::ServerError::from)?;
+    config
+        .validate()
+        .map_err(courier::server::ServerError::from)?;
     let tokens = load_tokens(&chat)?;
     let inner = Broker::config_hooks(&config)?;
     let store = RedbStore::open(&config.data_dir).map_err(courier::broker::BrokerError::from)?;

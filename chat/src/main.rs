@@ -11,7 +11,11 @@ use courier::config::{Config, ListenerConfig, ListenerKind};
 use courier_chat::ChatConfig;
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Courier: MQTT broker and chat backend")]
+#[command(
+    name = "courier",
+    version,
+    about = "Courier: MQTT broker and chat backend"
+)]
 struct Cli {
     /// Configuration file (TOML). Without it, built-in defaults apply.
     #[arg(long, short)]

@@ -39,8 +39,15 @@ pub(crate) struct StoredEntry {
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum StoredKind {
-    Content { ty: String, body: Vec<u8> },
-    Membership { action: Action, users: Vec<String>, name: String },
+    Content {
+        ty: String,
+        body: Vec<u8>,
+    },
+    Membership {
+        action: Action,
+        users: Vec<String>,
+        name: String,
+    },
 }
 
 /// A membership change.
@@ -82,7 +89,11 @@ pub(crate) enum DirRecord {
     /// A membership change, written before the conversation entry `seq`
     /// that carries it, so recovery can complete a change whose entry did
     /// not reach the disk.
-    Change { conversation: String, seq: u64, entry: StoredEntry },
+    Change {
+        conversation: String,
+        seq: u64,
+        entry: StoredEntry,
+    },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> bytes::Bytes {

@@ -46,7 +46,12 @@ impl Namespace for Handler {
             topics::REQUEST => chat.request(&user, &device, &p.message.payload),
             t => {
                 chat.metrics.inc(&chat.metrics.acl_refused, 1);
-                tracing::info!(user, device, topic = t, "chat: publish to a topic devices may not write");
+                tracing::info!(
+                    user,
+                    device,
+                    topic = t,
+                    "chat: publish to a topic devices may not write"
+                );
                 // Another device's inbox is not allowed; anything else is
                 // not a topic of the protocol.
                 let code = if t.starts_with("c/in/") {
@@ -54,8 +59,10 @@ impl Namespace for Handler {
                 } else {
                     AckCode::TopicNameInvalid
                 };
-                p.ack
-                    .answer(Reply::refuse(code, "chat devices publish to c/s and c/r only"));
+                p.ack.answer(Reply::refuse(
+                    code,
+                    "chat devices publish to c/s and c/r only",
+                ));
                 return;
             }
         };
@@ -169,7 +176,14 @@ impl Chat {
                 // Under the lock: one direct conversation per pair, even
                 // when both write first at once.
                 let members = vec![user.to_owned(), s.to_user.clone()];
-                self.create(&mut d, &id, ConvKind::Direct, (user, device), members, String::new())?;
+                self.create(
+                    &mut d,
+                    &id,
+                    ConvKind::Direct,
+                    (user, device),
+                    members,
+                    String::new(),
+                )?;
             }
             id
         } else {
@@ -211,9 +225,8 @@ impl Chat {
     fn request(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
         let r = proto::Request::decode(payload)
             .map_err(|e| ChatError::BadRequest(format!("Request: {e}")))?;
-        let op = r
-            .op
-            .ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
+        let op =
+            r.op.ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
         self.metrics.inc(&self.metrics.requests, 1);
         use proto::response::Result as R;
         match op {
@@ -235,7 +248,14 @@ impl Chat {
                     return Err(ChatError::UnknownUser(m.clone()));
                 }
                 let id = crate::directory::group_id();
-                self.create(&mut d, &id, ConvKind::Group, (user, device), members.clone(), g.name)?;
+                self.create(
+                    &mut d,
+                    &id,
+                    ConvKind::Group,
+                    (user, device),
+                    members.clone(),
+                    g.name,
+                )?;
                 let info = self.summary(&d, &id, user)?;
                 let mut done = Done::answer(R::Conversation(proto::ConversationInfo {
                     conversation: Some(info),
@@ -247,10 +267,12 @@ impl Chat {
                 let mut d = self.dir.lock();
                 let (c, _) = Chat::member_of(&d, &a.conversation, user)?;
                 if c.kind == ConvKind::Direct {
-                    return Err(ChatError::NotAllowed("a direct conversation's members are fixed".into()));
+                    return Err(ChatError::NotAllowed(
+                        "a direct conversation's members are fixed".into(),
+                    ));
                 }
                 if c.members.contains_key(&a.user) {
-                    return Ok(self.info_done(&d, &a.conversation, user, Vec::new())?);
+                    return self.info_done(&d, &a.conversation, user, Vec::new());
                 }
                 if c.members.len() >= self.config.max_group_members {
                     return Err(ChatError::LimitReached(format!(
@@ -261,8 +283,19 @@ impl Chat {
                 if !d.users.contains_key(&a.user) {
                     return Err(ChatError::UnknownUser(a.user));
                 }
-                self.change(&mut d, &a.conversation, (user, device), Action::Added, vec![a.user], String::new())?;
-                let woken = d.conversations[&a.conversation].members.keys().cloned().collect();
+                self.change(
+                    &mut d,
+                    &a.conversation,
+                    (user, device),
+                    Action::Added,
+                    vec![a.user],
+                    String::new(),
+                )?;
+                let woken = d.conversations[&a.conversation]
+                    .members
+                    .keys()
+                    .cloned()
+                    .collect();
                 self.info_done(&d, &a.conversation, user, woken)
             }
             Op::RemoveMember(rm) => self.remove(user, device, &rm.conversation, &rm.user),
@@ -284,7 +317,8 @@ impl Chat {
                     v.retain(|r| r.seq >= m.since);
                     v
                 } else {
-                    let mut v = logs.read(&log, h.after.max(m.since.saturating_sub(1)) + 1, limit)?;
+                    let mut v =
+                        logs.read(&log, h.after.max(m.since.saturating_sub(1)) + 1, limit)?;
                     v.retain(|r| r.seq <= last);
                     v
                 };
@@ -339,7 +373,12 @@ impl Chat {
                     n => n.min(MAX_PAGE),
                 };
                 let offset = l.offset as usize;
-                let page: Vec<String> = mine.iter().skip(offset).take(limit).map(|c| c.0.clone()).collect();
+                let page: Vec<String> = mine
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|c| c.0.clone())
+                    .collect();
                 let more = mine.len() > offset + page.len();
                 let mut conversations = Vec::with_capacity(page.len());
                 for id in &page {
@@ -398,8 +437,14 @@ impl Chat {
                 )?;
                 d.apply(&rec);
                 drop(d);
-                self.broker()?.disconnect(&topics::client_id(user, &rd.device));
-                tracing::info!(user, device = rd.device, by = device, "chat: device revoked");
+                self.broker()?
+                    .disconnect(&topics::client_id(user, &rd.device));
+                tracing::info!(
+                    user,
+                    device = rd.device,
+                    by = device,
+                    "chat: device revoked"
+                );
                 Ok(Done {
                     reply: Reply::success(),
                     response: Some(proto::Response::default()),
@@ -434,14 +479,27 @@ impl Chat {
         let mut d = self.dir.lock();
         let (c, _) = Chat::member_of(&d, conv, user)?;
         if c.kind == ConvKind::Direct {
-            return Err(ChatError::NotAllowed("a direct conversation's members are fixed".into()));
+            return Err(ChatError::NotAllowed(
+                "a direct conversation's members are fixed".into(),
+            ));
         }
         if !c.members.contains_key(who) {
             return Err(ChatError::NotMember);
         }
         let woken: Vec<String> = c.members.keys().cloned().collect();
-        let action = if who == user { Action::Left } else { Action::Removed };
-        self.change(&mut d, conv, (user, device), action, vec![who.to_owned()], String::new())?;
+        let action = if who == user {
+            Action::Left
+        } else {
+            Action::Removed
+        };
+        self.change(
+            &mut d,
+            conv,
+            (user, device),
+            action,
+            vec![who.to_owned()],
+            String::new(),
+        )?;
         if who == user {
             Ok(Done {
                 reply: Reply::success(),
@@ -461,9 +519,11 @@ impl Chat {
         woken: Vec<String>,
     ) -> Result<Done, ChatError> {
         let info = self.summary(d, conv, user)?;
-        let mut done = Done::answer(proto::response::Result::Conversation(proto::ConversationInfo {
-            conversation: Some(info),
-        }));
+        let mut done = Done::answer(proto::response::Result::Conversation(
+            proto::ConversationInfo {
+                conversation: Some(info),
+            },
+        ));
         done.woken = woken;
         Ok(done)
     }
@@ -493,7 +553,9 @@ impl Chat {
             members: c.members.keys().cloned().collect(),
             last_seq: c.last_seq,
             read: m.read,
-            unread: c.last_seq.saturating_sub(m.read.max(m.since.saturating_sub(1))),
+            unread: c
+                .last_seq
+                .saturating_sub(m.read.max(m.since.saturating_sub(1))),
             last,
             visible_from: m.since,
         })
@@ -538,10 +600,9 @@ impl Chat {
 pub(crate) fn to_entry(conv: &str, r: &LogRecord, viewer: Option<&str>) -> Option<proto::Entry> {
     let e = records::decode::<StoredEntry>(&r.data)?;
     let kind = match e.kind {
-        StoredKind::Content { ty, body } => proto::entry::Kind::Content(proto::Content {
-            r#type: ty,
-            body: body.into(),
-        }),
+        StoredKind::Content { ty, body } => {
+            proto::entry::Kind::Content(proto::Content { r#type: ty, body })
+        }
         StoredKind::Membership {
             action,
             users,

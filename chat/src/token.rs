@@ -100,7 +100,8 @@ impl Tokens {
                         .secret
                         .as_deref()
                         .ok_or_else(|| bad("HS256 needs `secret`".into()))?;
-                    let key = DecodingKey::from_secret(s.as_bytes()).map_err(|e| bad(e.to_string()))?;
+                    let key =
+                        DecodingKey::from_secret(s.as_bytes()).map_err(|e| bad(e.to_string()))?;
                     (Algorithm::HS256, key)
                 }
                 KeyAlgorithm::ES256 | KeyAlgorithm::EdDSA => {
@@ -108,8 +109,8 @@ impl Tokens {
                         .public_key_file
                         .as_deref()
                         .ok_or_else(|| bad("needs `public_key_file` (PEM)".into()))?;
-                    let pem = std::fs::read(path)
-                        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                    let pem =
+                        std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
                     let key = if k.alg == KeyAlgorithm::ES256 {
                         DecodingKey::from_ec_pem(&pem)
                     } else {
@@ -238,12 +239,8 @@ fn install_provider() {
         key_utils: KeyUtils {
             rsa_pub_components_from_private_key: |_| Err(ErrorKind::UnsupportedAlgorithm.into()),
             rsa_pub_components_from_public_key: |_| Err(ErrorKind::UnsupportedAlgorithm.into()),
-            ec_pub_components_from_private_key: |_, _| {
-                Err(ErrorKind::UnsupportedAlgorithm.into())
-            },
-            ed_pub_components_from_private_key: |_, _| {
-                Err(ErrorKind::UnsupportedAlgorithm.into())
-            },
+            ec_pub_components_from_private_key: |_, _| Err(ErrorKind::UnsupportedAlgorithm.into()),
+            ed_pub_components_from_private_key: |_, _| Err(ErrorKind::UnsupportedAlgorithm.into()),
             compute_digest,
         },
     };
@@ -268,8 +265,12 @@ fn new_signer(alg: &Algorithm, key: &EncodingKey) -> JwtResult<Box<dyn JwtSigner
     Ok(match alg {
         Algorithm::HS256 => Box::new(Hmac(hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes()))),
         Algorithm::ES256 => Box::new(Es256Signer(
-            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, key.as_bytes(), &rng)
-                .map_err(|_| ErrorKind::InvalidEcdsaKey)?,
+            sig::EcdsaKeyPair::from_pkcs8(
+                &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                key.as_bytes(),
+                &rng,
+            )
+            .map_err(|_| ErrorKind::InvalidEcdsaKey)?,
             rng,
         )),
         Algorithm::EdDSA => Box::new(EdSigner(
@@ -284,7 +285,11 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> JwtResult<Box<dyn JwtVeri
     let bytes = key.try_get_as_bytes()?.to_vec();
     Ok(match alg {
         Algorithm::HS256 => Box::new(Hmac(hmac::Key::new(hmac::HMAC_SHA256, &bytes))),
-        Algorithm::ES256 => Box::new(PublicKey(Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED, bytes)),
+        Algorithm::ES256 => Box::new(PublicKey(
+            Algorithm::ES256,
+            &sig::ECDSA_P256_SHA256_FIXED,
+            bytes,
+        )),
         Algorithm::EdDSA => Box::new(PublicKey(Algorithm::EdDSA, &sig::ED25519, bytes)),
         _ => return Err(ErrorKind::UnsupportedAlgorithm.into()),
     })
@@ -321,7 +326,10 @@ struct Es256Signer(sig::EcdsaKeyPair, rand::SystemRandom);
 
 impl signature::Signer<Vec<u8>> for Es256Signer {
     fn try_sign(&self, msg: &[u8]) -> Result<Vec<u8>, signature::Error> {
-        let s = self.0.sign(&self.1, msg).map_err(|_| signature::Error::new())?;
+        let s = self
+            .0
+            .sign(&self.1, msg)
+            .map_err(|_| signature::Error::new())?;
         Ok(s.as_ref().to_vec())
     }
 }
@@ -382,7 +390,10 @@ mod tests {
         let t = Tokens::new(&config(vec![], None), Some(b"s3cret")).unwrap();
         let tok = t.mint("alice", "phone", 1000, 60).unwrap();
         let c = t.verify(&tok, 1010).unwrap();
-        assert_eq!((c.sub.as_str(), c.dev.as_str(), c.exp), ("alice", "phone", 1060));
+        assert_eq!(
+            (c.sub.as_str(), c.dev.as_str(), c.exp),
+            ("alice", "phone", 1060)
+        );
         assert_eq!(t.verify(&tok, 1060), Err(TokenError::Expired));
     }
 
@@ -400,8 +411,14 @@ mod tests {
         let parts: Vec<&str> = tok.split('.').collect();
         let bob_claims = bob.split('.').nth(1).unwrap();
         let forged = format!("{}.{}.{}", parts[0], bob_claims, parts[2]);
-        assert!(matches!(t.verify(&forged, 1001), Err(TokenError::Invalid(_))));
-        assert!(matches!(t.verify("not a token", 1001), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            t.verify(&forged, 1001),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            t.verify("not a token", 1001),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -409,7 +426,10 @@ mod tests {
         let no_aud = Tokens::new(&config(vec![], None), Some(b"k")).unwrap();
         let with_aud = Tokens::new(&config(vec![], Some("chat.example")), Some(b"k")).unwrap();
         let tok = no_aud.mint("alice", "phone", 1000, 60).unwrap();
-        assert!(matches!(with_aud.verify(&tok, 1001), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            with_aud.verify(&tok, 1001),
+            Err(TokenError::Invalid(_))
+        ));
         let tok = with_aud.mint("alice", "phone", 1000, 60).unwrap();
         assert!(with_aud.verify(&tok, 1001).is_ok());
     }
@@ -453,7 +473,10 @@ mod tests {
             t.verify(&sign(Some("c"), b"beta"), 1001),
             Err(TokenError::UnknownKey(Some("c".into())))
         );
-        assert_eq!(t.verify(&sign(None, b"beta"), 1001), Err(TokenError::UnknownKey(None)));
+        assert_eq!(
+            t.verify(&sign(None, b"beta"), 1001),
+            Err(TokenError::UnknownKey(None))
+        );
         assert!(t.mint("u", "d", 0, 1).is_err());
     }
 }

@@ -29,8 +29,7 @@ pub fn parse_client_id(id: &str) -> Option<(&str, &str)> {
 /// A user or device id: 1 to 64 of `A-Z a-z 0-9 _ - .`.
 pub fn valid_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
@@ -40,7 +39,10 @@ mod tests {
 
     #[test]
     fn client_ids_round_trip_and_cannot_collide() {
-        assert_eq!(parse_client_id(&client_id("alice", "phone")), Some(("alice", "phone")));
+        assert_eq!(
+            parse_client_id(&client_id("alice", "phone")),
+            Some(("alice", "phone"))
+        );
         assert_eq!(parse_client_id("alice:ph:one"), None);
         assert_eq!(parse_client_id("alice"), None);
         assert_eq!(parse_client_id(":phone"), None);

@@ -9,7 +9,9 @@ use courier_chat::{KeyAlgorithm, KeyConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message as _;
 use ring::signature::KeyPair as _;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, DisconnectReasonCode, PubAckReason, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, DisconnectReasonCode, PubAckReason, SubscribeReasonCode,
+};
 
 fn now() -> u64 {
     courier::message::unix_now()
@@ -27,8 +29,15 @@ fn claims(sub: &str, dev: &str, exp: u64, aud: Option<&str>) -> courier_chat::Cl
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 #[tokio::test]
@@ -42,33 +51,61 @@ async fn tokens_must_be_valid_current_and_for_this_user_and_device() {
     .await;
     let addr = s.addr();
     let good = s.token("alice", "phone");
-    assert_eq!(try_connect(addr, "alice:phone", "", &good).await, ConnectReturnCode::Success);
-    assert_eq!(try_connect(addr, "alice:phone", "alice", &good).await, ConnectReturnCode::Success);
+    assert_eq!(
+        try_connect(addr, "alice:phone", "", &good).await,
+        ConnectReturnCode::Success
+    );
+    assert_eq!(
+        try_connect(addr, "alice:phone", "alice", &good).await,
+        ConnectReturnCode::Success
+    );
 
     let refused = ConnectReturnCode::BadUserNamePassword;
     // Someone else's token, or another device's.
     assert_eq!(try_connect(addr, "bob:phone", "", &good).await, refused);
     assert_eq!(try_connect(addr, "alice:laptop", "", &good).await, refused);
-    assert_eq!(try_connect(addr, "alice:phone", "bob", &good).await, refused);
+    assert_eq!(
+        try_connect(addr, "alice:phone", "bob", &good).await,
+        refused
+    );
     // Expired.
-    let expired = s.running.chat.tokens().mint("alice", "phone", now() - 7200, 3600).unwrap();
-    assert_eq!(try_connect(addr, "alice:phone", "", &expired).await, refused);
+    let expired = s
+        .running
+        .chat
+        .tokens()
+        .mint("alice", "phone", now() - 7200, 3600)
+        .unwrap();
+    assert_eq!(
+        try_connect(addr, "alice:phone", "", &expired).await,
+        refused
+    );
     // Tampered: alice's claims with another signature byte.
     let mut t = good.clone().into_bytes();
     let last = t.len() - 2;
     t[last] = if t[last] == b'A' { b'B' } else { b'A' };
-    assert_eq!(try_connect(addr, "alice:phone", "", std::str::from_utf8(&t).unwrap()).await, refused);
+    assert_eq!(
+        try_connect(addr, "alice:phone", "", std::str::from_utf8(&t).unwrap()).await,
+        refused
+    );
     // Wrong audience, and none.
     let secret = std::fs::read(dir.path().join("chat-secret")).unwrap();
     let key = EncodingKey::from_secret(&secret).unwrap();
     let mut h = Header::new(Algorithm::HS256);
     h.kid = Some("courier".into());
-    let wrong = jsonwebtoken::encode(&h, &claims("alice", "phone", now() + 60, Some("elsewhere")), &key).unwrap();
+    let wrong = jsonwebtoken::encode(
+        &h,
+        &claims("alice", "phone", now() + 60, Some("elsewhere")),
+        &key,
+    )
+    .unwrap();
     assert_eq!(try_connect(addr, "alice:phone", "", &wrong).await, refused);
     let none = jsonwebtoken::encode(&h, &claims("alice", "phone", now() + 60, None), &key).unwrap();
     assert_eq!(try_connect(addr, "alice:phone", "", &none).await, refused);
     // "none" algorithm and garbage.
-    assert_eq!(try_connect(addr, "alice:phone", "", "eyJhbGciOiJub25lIn0.e30.").await, refused);
+    assert_eq!(
+        try_connect(addr, "alice:phone", "", "eyJhbGciOiJub25lIn0.e30.").await,
+        refused
+    );
     assert_eq!(try_connect(addr, "alice:phone", "", "").await, refused);
     // Not a chat client id at all.
     assert_eq!(
@@ -140,18 +177,62 @@ async fn an_apps_own_issuer_signs_with_es256_or_eddsa_keys_chosen_by_kid() {
     let addr = s.addr();
     let ok = ConnectReturnCode::Success;
     let refused = ConnectReturnCode::BadUserNamePassword;
-    assert_eq!(try_connect(addr, "alice:phone", "", &sign(Algorithm::ES256, "es-2026", &es_key)).await, ok);
-    assert_eq!(try_connect(addr, "alice:phone", "", &sign(Algorithm::EdDSA, "ed-2026", &ed_key)).await, ok);
+    assert_eq!(
+        try_connect(
+            addr,
+            "alice:phone",
+            "",
+            &sign(Algorithm::ES256, "es-2026", &es_key)
+        )
+        .await,
+        ok
+    );
+    assert_eq!(
+        try_connect(
+            addr,
+            "alice:phone",
+            "",
+            &sign(Algorithm::EdDSA, "ed-2026", &ed_key)
+        )
+        .await,
+        ok
+    );
     // A key under the other's id, an unknown id: refused.
-    assert_eq!(try_connect(addr, "alice:phone", "", &sign(Algorithm::EdDSA, "es-2026", &ed_key)).await, refused);
-    assert_eq!(try_connect(addr, "alice:phone", "", &sign(Algorithm::ES256, "es-2027", &es_key)).await, refused);
+    assert_eq!(
+        try_connect(
+            addr,
+            "alice:phone",
+            "",
+            &sign(Algorithm::EdDSA, "es-2026", &ed_key)
+        )
+        .await,
+        refused
+    );
+    assert_eq!(
+        try_connect(
+            addr,
+            "alice:phone",
+            "",
+            &sign(Algorithm::ES256, "es-2027", &es_key)
+        )
+        .await,
+        refused
+    );
     // The broker has no secret of its own here: it mints nothing.
-    assert!(s.running.chat.tokens().mint("alice", "phone", now(), 60).is_err());
+    assert!(s
+        .running
+        .chat
+        .tokens()
+        .mint("alice", "phone", now(), 60)
+        .is_err());
     s.stop().await;
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -162,38 +243,79 @@ async fn a_device_reads_only_its_inbox_and_writes_only_where_it_may() {
     let mut carol = Phone::connect(&s, "carol", "phone").await;
     let mut alice = Phone::connect(&s, "alice", "phone").await;
     let denied = SubscribeReasonCode::NotAuthorized;
-    for f in ["#", "+/x", "c/#", "c/in/bob/phone", "c/in/alice/+", "$SYS/#", "c/s", "news"] {
+    for f in [
+        "#",
+        "+/x",
+        "c/#",
+        "c/in/bob/phone",
+        "c/in/alice/+",
+        "$SYS/#",
+        "c/s",
+        "news",
+    ] {
         assert_eq!(alice.subscribe(f).await, denied, "{f}");
     }
     let before = s.metric("acl_refused");
     for t in ["news", "c/in/bob/phone", "c/other"] {
         let a = alice.publish(t, b"x".to_vec(), None).await;
         assert!(
-            matches!(a.reason, PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid),
+            matches!(
+                a.reason,
+                PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid
+            ),
             "{t}: {:?}",
             a.reason
         );
     }
-    assert_eq!(alice.publish("c/in/bob/phone", b"x".to_vec(), None).await.reason, PubAckReason::NotAuthorized);
+    assert_eq!(
+        alice
+            .publish("c/in/bob/phone", b"x".to_vec(), None)
+            .await
+            .reason,
+        PubAckReason::NotAuthorized
+    );
     assert!(s.metric("acl_refused") >= before + 4);
 
     // A group alice is not in: she can neither read it nor write to it.
     let g = bob.create_group("private", &["carol"]).await;
-    let err = alice.send_text(To::Conversation(&g), "1", "hello?").await.unwrap_err();
-    assert_eq!((err.reason, err.error.as_deref()), (PubAckReason::NotAuthorized, Some("NOT_MEMBER")));
+    let err = alice
+        .send_text(To::Conversation(&g), "1", "hello?")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.reason, err.error.as_deref()),
+        (PubAckReason::NotAuthorized, Some("NOT_MEMBER"))
+    );
     let (reason, r) = alice
-        .request(Op::History(proto::History { conversation: g.clone(), before: 0, after: 0, limit: 5 }))
+        .request(Op::History(proto::History {
+            conversation: g.clone(),
+            before: 0,
+            after: 0,
+            limit: 5,
+        }))
         .await;
     assert_eq!(reason, PubAckReason::NotAuthorized);
     assert_eq!(r.error.unwrap().code, proto::ErrorCode::NotMember as i32);
-    let err = alice.send_text(To::Conversation("nope"), "2", "x").await.unwrap_err();
+    let err = alice
+        .send_text(To::Conversation("nope"), "2", "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.error.as_deref(), Some("UNKNOWN_CONVERSATION"));
-    let err = alice.send_text(To::User("nobody"), "3", "x").await.unwrap_err();
+    let err = alice
+        .send_text(To::User("nobody"), "3", "x")
+        .await
+        .unwrap_err();
     assert_eq!(err.error.as_deref(), Some("UNKNOWN_USER"));
     let err = alice.send_raw(b"\xff\xff\xff".to_vec()).await.unwrap_err();
-    assert_eq!((err.reason, err.error.as_deref()), (PubAckReason::PayloadFormatInvalid, Some("BAD_REQUEST")));
+    assert_eq!(
+        (err.reason, err.error.as_deref()),
+        (PubAckReason::PayloadFormatInvalid, Some("BAD_REQUEST"))
+    );
     let big = "x".repeat(64 * 1024 + 1);
-    let err = alice.send_text(To::User("bob"), "4", &big).await.unwrap_err();
+    let err = alice
+        .send_text(To::User("bob"), "4", &big)
+        .await
+        .unwrap_err();
     assert_eq!(err.error.as_deref(), Some("TOO_LARGE"));
 
     // A forged sender: extra fields in the payload change nothing; the
@@ -201,7 +323,10 @@ async fn a_device_reads_only_its_inbox_and_writes_only_where_it_may() {
     let mut m = proto::SendMessage {
         to_user: "carol".into(),
         client_msg_id: "5".into(),
-        content: Some(proto::Content { r#type: String::new(), body: b"from bob, honest".to_vec() }),
+        content: Some(proto::Content {
+            r#type: String::new(),
+            body: b"from bob, honest".to_vec(),
+        }),
         ..Default::default()
     }
     .encode_to_vec();
@@ -212,7 +337,10 @@ async fn a_device_reads_only_its_inbox_and_writes_only_where_it_may() {
     // The group's creation, the direct conversation's, then the message.
     let got = carol.entries(3).await;
     let e = got.iter().find(|e| is_message(e)).unwrap();
-    assert_eq!((e.sender.as_str(), e.sender_device.as_str()), ("alice", "phone"));
+    assert_eq!(
+        (e.sender.as_str(), e.sender_device.as_str()),
+        ("alice", "phone")
+    );
     s.stop().await;
 }
 
@@ -224,21 +352,36 @@ async fn a_revoked_device_is_disconnected_at_once_and_refused_after() {
     let mut old = Phone::connect(&s, "alice", "old-tablet").await;
     match phone.ok(Op::ListDevices(proto::ListDevices {})).await {
         Some(proto::response::Result::Devices(d)) => {
-            let ids: Vec<(&str, bool, bool)> = d.devices.iter().map(|d| (d.id.as_str(), d.revoked, d.online)).collect();
+            let ids: Vec<(&str, bool, bool)> = d
+                .devices
+                .iter()
+                .map(|d| (d.id.as_str(), d.revoked, d.online))
+                .collect();
             assert_eq!(ids, [("old-tablet", false, true), ("phone", false, true)]);
         }
         other => panic!("{other:?}"),
     }
     phone
-        .ok(Op::RevokeDevice(proto::RevokeDevice { device: "old-tablet".into() }))
+        .ok(Op::RevokeDevice(proto::RevokeDevice {
+            device: "old-tablet".into(),
+        }))
         .await;
-    assert_eq!(old.until_closed().await, Some(DisconnectReasonCode::NotAuthorized));
+    assert_eq!(
+        old.until_closed().await,
+        Some(DisconnectReasonCode::NotAuthorized)
+    );
     let token = s.token("alice", "old-tablet");
-    assert_eq!(try_connect(s.addr(), "alice:old-tablet", "", &token).await, ConnectReturnCode::NotAuthorized);
+    assert_eq!(
+        try_connect(s.addr(), "alice:old-tablet", "", &token).await,
+        ConnectReturnCode::NotAuthorized
+    );
     // Still revoked after a restart.
     s.stop().await;
     let s = ChatServer::start(dir.path()).await;
     let token = s.token("alice", "old-tablet");
-    assert_eq!(try_connect(s.addr(), "alice:old-tablet", "", &token).await, ConnectReturnCode::NotAuthorized);
+    assert_eq!(
+        try_connect(s.addr(), "alice:old-tablet", "", &token).await,
+        ConnectReturnCode::NotAuthorized
+    );
     s.stop().await;
 }

@@ -257,18 +257,19 @@ impl Phone {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("{}:{}: nothing from the broker in time", self.user, self.device));
+        .unwrap_or_else(|_| {
+            panic!(
+                "{}:{}: nothing from the broker in time",
+                self.user, self.device
+            )
+        });
         match &p {
             Some(Packet::Publish(publ)) => self.on_publish(publ.clone()).await,
             Some(Packet::PubAck(a)) => {
                 self.acks.insert(a.pkid, a.clone());
             }
             Some(Packet::Disconnect(d)) => self.closed = Some(Some(d.reason_code)),
-            None => {
-                if self.closed.is_none() {
-                    self.closed = Some(None);
-                }
-            }
+            None if self.closed.is_none() => self.closed = Some(None),
             _ => {}
         }
         p
@@ -285,7 +286,11 @@ impl Phone {
             _ => p.topic.clone(),
         };
         let inbox = courier_chat::topics::inbox(&self.user, &self.device);
-        assert_eq!(topic, inbox.as_bytes(), "only the inbox topic reaches a device");
+        assert_eq!(
+            topic,
+            inbox.as_bytes(),
+            "only the inbox topic reaches a device"
+        );
         let down = proto::Down::decode(p.payload.clone()).expect("a Down");
         let is_entry = matches!(down.kind, Some(down::Kind::Entry(_)));
         if let Some(down::Kind::Response(r)) = &down.kind {
@@ -374,7 +379,9 @@ impl Phone {
 
     /// Publishes `payload` to `c/s`.
     pub async fn send_raw(&mut self, payload: Vec<u8>) -> Result<(u64, Option<String>), Refused> {
-        let a = self.publish(courier_chat::topics::SEND, payload, None).await;
+        let a = self
+            .publish(courier_chat::topics::SEND, payload, None)
+            .await;
         let prop = |name: &str| {
             a.properties
                 .as_ref()
@@ -401,7 +408,11 @@ impl Phone {
         };
         let req = proto::Request { op: Some(op) };
         let a = self
-            .publish(courier_chat::topics::REQUEST, req.encode_to_vec(), Some(props))
+            .publish(
+                courier_chat::topics::REQUEST,
+                req.encode_to_vec(),
+                Some(props),
+            )
             .await;
         loop {
             if let Some(r) = self.responses.remove(&corr) {
@@ -500,14 +511,16 @@ impl Phone {
         &mut self,
     ) -> Option<rumqttc::v5::mqttbytes::v5::DisconnectReasonCode> {
         while self.packet().await.is_some() {}
-        self.closed.clone().flatten()
+        self.closed.flatten()
     }
 
     /// Disconnects cleanly.
     pub async fn leave(mut self) {
-        self.send(Packet::Disconnect(rumqttc::v5::mqttbytes::v5::Disconnect::new(
-            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NormalDisconnection,
-        )))
+        self.send(Packet::Disconnect(
+            rumqttc::v5::mqttbytes::v5::Disconnect::new(
+                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NormalDisconnection,
+            ),
+        ))
         .await;
         let _ = self.sock.shutdown().await;
     }
@@ -524,4 +537,147 @@ pub fn text(e: &proto::Entry) -> String {
 /// Is the entry a message (not a membership change)?
 pub fn is_message(e: &proto::Entry) -> bool {
     matches!(e.kind, Some(proto::entry::Kind::Content(_)))
+}
+
+impl Phone {
+    /// Publishes a send without waiting; its packet id.
+    pub async fn send_nowait(&mut self, m: &proto::SendMessage) -> u16 {
+        let pkid = self.pkid();
+        let mut p = Publish::new(
+            courier_chat::topics::SEND,
+            QoS::AtLeastOnce,
+            m.encode_to_vec(),
+            None,
+        );
+        p.pkid = pkid;
+        self.send(Packet::Publish(p)).await;
+        pkid
+    }
+
+    /// The next PUBACK (None: the connection closed).
+    pub async fn next_ack(&mut self) -> Option<PubAck> {
+        loop {
+            if let Some(k) = self.acks.keys().next().copied() {
+                return self.acks.remove(&k);
+            }
+            self.packet().await?;
+        }
+    }
+
+    /// The whole history of `conv` as this device's user sees it.
+    pub async fn history(&mut self, conv: &str) -> Vec<proto::Entry> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            match self
+                .ok(Op::History(proto::History {
+                    conversation: conv.into(),
+                    before: 0,
+                    after,
+                    limit: 200,
+                }))
+                .await
+            {
+                Some(proto::response::Result::Entries(es)) if !es.entries.is_empty() => {
+                    after = es.entries.last().unwrap().seq;
+                    all.extend(es.entries);
+                }
+                Some(proto::response::Result::Entries(_)) => return all,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+/// The sequence number a PUBACK of a send carries.
+pub fn acked_seq(a: &PubAck) -> Option<u64> {
+    if a.reason != PubAckReason::Success {
+        return None;
+    }
+    a.properties
+        .as_ref()?
+        .user_properties
+        .iter()
+        .find(|(n, _)| n == "seq")?
+        .1
+        .parse()
+        .ok()
+}
+
+/// The `courier` binary as a child process, for kill -9 and power cuts.
+pub struct ChatProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChatProcess {
+    /// Starts `courier` with its data in `data` and its token secret at
+    /// `secret`; waits until it listens.
+    pub fn start(data: &Path, secret: &Path, dir: &Path) -> ChatProcess {
+        use std::io::BufRead;
+        let conf = dir.join("courier.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "data_dir = {:?}\n[chat.tokens]\nsecret_file = {:?}\n",
+                data.display().to_string(),
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn courier");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(3 * WAIT) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("courier did not start listening: {other:?}");
+            }
+        };
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        ChatProcess { child, addr }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChatProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tokens signed with the secret at `secret` (created if missing).
+pub fn tokens_at(secret: &Path) -> courier_chat::Tokens {
+    let mut chat = ChatConfig::default();
+    chat.tokens.secret_file = Some(secret.to_owned());
+    courier_chat::load_tokens(&chat).unwrap()
+}
+
+pub fn token(t: &courier_chat::Tokens, user: &str, device: &str) -> String {
+    t.mint(user, device, courier::message::unix_now(), 3600)
+        .unwrap()
 }
