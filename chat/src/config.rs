@@ -22,6 +22,15 @@ pub struct ChatConfig {
     /// Longest delay before answering a login from an address that keeps
     /// failing, milliseconds.
     pub max_login_delay_ms: u64,
+    /// How long inbox entries are kept, seconds (0: for ever). A device
+    /// offline for longer gets a `Gap` and resynchronizes.
+    pub inbox_retention_secs: u64,
+    /// How long conversation entries are kept, seconds (0: for ever).
+    pub history_retention_secs: u64,
+    /// Most entries a conversation keeps (0: no limit).
+    pub history_max_entries: u64,
+    /// How often retention runs, seconds.
+    pub trim_interval_secs: u64,
     /// Access tokens.
     pub tokens: TokenConfig,
 }
@@ -35,6 +44,10 @@ impl Default for ChatConfig {
             inbox_window: 64,
             login_failure_memory_secs: 600,
             max_login_delay_ms: 5000,
+            inbox_retention_secs: 30 * 24 * 3600,
+            history_retention_secs: 0,
+            history_max_entries: 0,
+            trim_interval_secs: 60,
             tokens: TokenConfig::default(),
         }
     }

@@ -264,6 +264,37 @@ impl Deliveries {
                     return;
                 }
             };
+            // The first entry the inbox still has from `next` on; if it is
+            // past `next`, retention removed what lies between.
+            let first = match refs.first() {
+                Some(r) => r.seq,
+                None => match broker.logs().last(&inbox_log(&p.user)) {
+                    Ok(last) if last >= p.next => last + 1,
+                    _ => return,
+                },
+            };
+            if first > p.next {
+                let lost = first - p.next;
+                tracing::info!(client_id = %id, lost, "chat: inbox gap");
+                let down = proto::Down {
+                    kind: Some(proto::down::Kind::Gap(proto::Gap { lost })),
+                };
+                let msg = Message {
+                    topic: topics::inbox(&p.user, &p.device),
+                    payload: Bytes::from(down.encode_to_vec()),
+                    qos: 1,
+                    retain: false,
+                    expires_at: None,
+                    props: None,
+                };
+                if !matches!(broker.deliver(id, msg, false, None), Ok(Delivered::Queued { .. })) {
+                    return;
+                }
+                p.next = first;
+                if p.outstanding.is_empty() {
+                    p.cursor = p.cursor.max(first - 1);
+                }
+            }
             if refs.is_empty() {
                 return;
             }

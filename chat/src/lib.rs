@@ -34,11 +34,13 @@ mod error;
 pub mod identity;
 mod records;
 mod requests;
+mod retention;
 pub mod token;
 pub mod topics;
 
 pub use config::{ChatConfig, KeyAlgorithm, KeyConfig, TokenConfig};
 pub use error::ChatError;
+pub use retention::Trimmed;
 pub use token::{Claims, TokenError, Tokens};
 
 /// The chat protocol's messages, generated from the `.proto` schema.
@@ -192,6 +194,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
             .claim_namespace(topics::PREFIX, Arc::new(requests::Handler(me.clone())))
             .map_err(courier::server::ServerError::from)?;
         delivery::spawn(me.clone(), broker.feed(), rx);
+        retention::spawn(me.clone());
     }
     let server = Server::serve(broker).await?;
     Ok(Running { server, chat: me })

@@ -326,7 +326,8 @@ impl Chat {
                     .iter()
                     .filter_map(|r| to_entry(&h.conversation, r, Some(user)))
                     .collect();
-                Ok(Done::answer(R::Entries(proto::Entries { entries })))
+                let first_kept = logs.read(&log, 0, 1)?.first().map_or(0, |r| r.seq);
+                Ok(Done::answer(R::Entries(proto::Entries { entries, first_kept })))
             }
             Op::MarkRead(mr) => {
                 let mut d = self.dir.lock();

@@ -681,3 +681,14 @@ pub fn token(t: &courier_chat::Tokens, user: &str, device: &str) -> String {
     t.mint(user, device, courier::message::unix_now(), 3600)
         .unwrap()
 }
+
+impl Phone {
+    /// The next Gap: how many inbox entries were lost.
+    pub async fn gap(&mut self) -> u64 {
+        self.next_matching(|d| match &d.kind {
+            Some(down::Kind::Gap(g)) => Some(g.lost),
+            _ => None,
+        })
+        .await
+    }
+}
