@@ -226,6 +226,12 @@ impl Logs {
         self.store.log_last(log)
     }
 
+    /// The last sequence number of `log` that is committed (what reads
+    /// see; [`Logs::last`] includes appends not committed yet).
+    pub fn last_committed(&self, log: &str) -> Result<u64, StoreError> {
+        self.store.log_last(log)
+    }
+
     /// Up to `limit` committed records of `log` from `from` on, oldest
     /// first.
     pub fn read(&self, log: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {

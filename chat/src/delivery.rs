@@ -21,7 +21,7 @@ use courier::tracker::{DropReason, Outcome, Tracker};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
-use crate::identity::device_of;
+use crate::identity::{device_of, scope_of, Scope};
 use crate::proto;
 use crate::records::{self, conversation_log, inbox_log, ConvKind, InboxRef};
 use crate::requests::to_entry;
@@ -114,6 +114,9 @@ impl Deliveries {
         let Some((user, device)) = device_of(&u.client) else {
             return;
         };
+        if scope_of(&u.client) == Scope::Refresh {
+            return; // only asks for an access token
+        }
         let id = u.client.client_id.clone();
         let (user, device) = (user.to_owned(), device.to_owned());
         if u.online {
@@ -268,7 +271,9 @@ impl Deliveries {
             // past `next`, retention removed what lies between.
             let first = match refs.first() {
                 Some(r) => r.seq,
-                None => match broker.logs().last(&inbox_log(&p.user)) {
+                // Committed: what a read would see (a newer append is not
+                // a gap, only not readable yet).
+                None => match broker.logs().last_committed(&inbox_log(&p.user)) {
                     Ok(last) if last >= p.next => last + 1,
                     _ => return,
                 },
@@ -287,7 +292,10 @@ impl Deliveries {
                     expires_at: None,
                     props: None,
                 };
-                if !matches!(broker.deliver(id, msg, false, None), Ok(Delivered::Queued { .. })) {
+                if !matches!(
+                    broker.deliver(id, msg, false, None),
+                    Ok(Delivered::Queued { .. })
+                ) {
                     return;
                 }
                 p.next = first;

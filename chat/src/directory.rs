@@ -7,11 +7,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::records::{Action, ConvKind, DirRecord, StoredEntry, StoredKind};
 
+/// A device of a user.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Device {
+    pub revoked: bool,
+    /// SHA-256 of its refresh token, if it has one.
+    pub refresh: Option<Vec<u8>>,
+}
+
 /// A user.
 #[derive(Debug, Default)]
 pub(crate) struct User {
-    /// Devices by id; `true` once revoked.
-    pub devices: BTreeMap<String, bool>,
+    /// Devices by id.
+    pub devices: BTreeMap<String, Device>,
+    /// Disabled by an administrator: no device may log in.
+    pub disabled: bool,
     /// Conversations the user is a member of.
     pub conversations: HashSet<String>,
 }
@@ -71,14 +81,18 @@ impl Directory {
                     .or_default()
                     .devices
                     .entry(device.clone())
-                    .or_insert(false);
+                    .or_default();
             }
             DirRecord::DeviceRevoked { user, device } => {
-                self.users
-                    .entry(user.clone())
-                    .or_default()
-                    .devices
-                    .insert(device.clone(), true);
+                let d = self.device_mut(user, device);
+                d.revoked = true;
+                d.refresh = None;
+            }
+            DirRecord::RefreshToken { user, device, hash } => {
+                self.device_mut(user, device).refresh = Some(hash.clone());
+            }
+            DirRecord::UserDisabled { user, disabled } => {
+                self.users.entry(user.clone()).or_default().disabled = *disabled;
             }
             DirRecord::Conversation { id, kind } => {
                 self.conversations
@@ -135,9 +149,18 @@ impl Directory {
         }
     }
 
-    /// Is `device` of `user` known and not revoked? `None`: not known.
-    pub fn device_revoked(&self, user: &str, device: &str) -> Option<bool> {
-        self.users.get(user)?.devices.get(device).copied()
+    fn device_mut(&mut self, user: &str, device: &str) -> &mut Device {
+        self.users
+            .entry(user.to_owned())
+            .or_default()
+            .devices
+            .entry(device.to_owned())
+            .or_default()
+    }
+
+    /// `user`'s `device`, if known.
+    pub fn device(&self, user: &str, device: &str) -> Option<&Device> {
+        self.users.get(user)?.devices.get(device)
     }
 }
 
@@ -162,7 +185,7 @@ pub(crate) fn group_id() -> String {
     format!("g{}", hex(&raw))
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -7,6 +7,11 @@
 //! A chat device may subscribe only to its own inbox topic and publish only
 //! into the chat namespace (which its handler checks). Failed logins from
 //! one address are answered more slowly each time, and counted.
+//!
+//! Two more kinds of login: a device whose access token expired logs in
+//! with its refresh token (`rt1....`) for a connection that may only ask
+//! for a new access token; and `courier admin` logs in as `$admin:<name>`
+//! with an administrator's token minted from the broker's own secret.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,6 +52,41 @@ pub(crate) fn device_of(client: &ClientInfo) -> Option<(&str, &str)> {
     topics::parse_client_id(&client.client_id).filter(|(u, d)| *u == p.user && *d == device)
 }
 
+/// What a connection may do, from its principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A device with an access token: everything the protocol offers.
+    Device,
+    /// A device logged in with its refresh token: a new access token only.
+    Refresh,
+}
+
+const SCOPE: &str = "scope";
+const REFRESH: &str = "refresh";
+const ROLE: &str = "role";
+const ADMIN: &str = "admin";
+
+/// The scope of a chat device's connection.
+pub(crate) fn scope_of(client: &ClientInfo) -> Scope {
+    let refresh = client
+        .principal
+        .as_deref()
+        .is_some_and(|p| p.claims.iter().any(|(n, v)| n == SCOPE && v == REFRESH));
+    if refresh {
+        Scope::Refresh
+    } else {
+        Scope::Device
+    }
+}
+
+/// True for `courier admin`'s connections.
+pub(crate) fn is_admin(client: &ClientInfo) -> bool {
+    client.client_id.starts_with(topics::ADMIN_CLIENT_PREFIX)
+        && client.principal.as_deref().is_some_and(|p| {
+            p.user == topics::ADMIN_USER && p.claims.iter().any(|(n, v)| n == ROLE && v == ADMIN)
+        })
+}
+
 impl Hooks for ChatHooks {
     fn authenticate<'a>(&'a self, req: AuthRequest<'a>) -> HookFuture<'a, AuthDecision> {
         if !req.client_id.contains(':') {
@@ -72,7 +112,7 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {
-        if device_of(client).is_some() {
+        if device_of(client).is_some() || is_admin(client) {
             // Outside the chat namespace (its handler decides inside).
             self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
             tracing::info!(client_id = %client.client_id, topic, "chat device may not publish outside c/");
@@ -82,7 +122,7 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
-        if device_of(client).is_some() {
+        if device_of(client).is_some() || is_admin(client) {
             self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
             tracing::info!(client_id = %client.client_id, filter, "chat device may subscribe only to its inbox");
             return SubscribeDecision::Deny;
@@ -91,16 +131,41 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
-        device_of(client).is_none() && self.inner.authorize_read(client, topic)
+        device_of(client).is_none() && !is_admin(client) && self.inner.authorize_read(client, topic)
     }
 }
 
 type Refusal = (String, AuthDecision);
 
+/// How long a connection made with a refresh token lasts: long enough to
+/// ask for an access token.
+const REFRESH_CONNECTION_SECS: u64 = 60;
+
 impl Chat {
-    /// Checks a chat device's CONNECT; registers a new user or device.
+    /// Checks a chat device's (or an administrator's) CONNECT; registers a
+    /// new user or device.
     fn login(&self, req: &AuthRequest<'_>) -> Result<Principal, Refusal> {
         let bad = |why: String| (why, AuthDecision::BadCredentials);
+        let now = courier::message::unix_now();
+        let password = req
+            .password
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or_else(|| bad("no access token".into()))?;
+        if let Some(name) = req.client_id.strip_prefix(topics::ADMIN_CLIENT_PREFIX) {
+            let c = self
+                .tokens
+                .verify_admin(password, now)
+                .map_err(|e| bad(format!("administrator: {e}")))?;
+            if c.dev != name {
+                return Err(bad("administrator's token is for another name".into()));
+            }
+            return Ok(Principal {
+                user: topics::ADMIN_USER.to_owned(),
+                device: Some(c.dev),
+                expires_at: Some(c.exp),
+                claims: vec![(ROLE.into(), ADMIN.into())],
+            });
+        }
         let (user, device) = topics::parse_client_id(req.client_id).ok_or_else(|| {
             (
                 "client id is not <user>:<device>".to_owned(),
@@ -110,15 +175,14 @@ impl Chat {
         if req.username.is_some_and(|u| !u.is_empty() && u != user) {
             return Err(bad(format!("username is not {user:?}")));
         }
-        let token = req
-            .password
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .ok_or_else(|| bad("no access token".into()))?;
+        if password.starts_with(topics::REFRESH_PREFIX) {
+            return self.refresh_login(user, device, password, now);
+        }
         let claims = self
             .tokens
-            .verify(token, courier::message::unix_now())
+            .verify(password, now)
             .map_err(|e| bad(e.to_string()))?;
-        if claims.sub != user || claims.dev != device {
+        if claims.sub != user || claims.dev != device || claims.adm {
             return Err(bad(format!(
                 "token is for {}:{}, not this client id",
                 claims.sub, claims.dev
@@ -137,16 +201,53 @@ impl Chat {
         })
     }
 
+    /// A login with a refresh token: it must be the one the device was
+    /// last given; the connection may only ask for an access token.
+    fn refresh_login(
+        &self,
+        user: &str,
+        device: &str,
+        token: &str,
+        now: u64,
+    ) -> Result<Principal, Refusal> {
+        let d = self.dir.lock();
+        let u = d.users.get(user);
+        if u.is_some_and(|u| u.disabled) {
+            return Err(("user is disabled".into(), AuthDecision::NotAuthorized));
+        }
+        let dev = u.and_then(|u| u.devices.get(device));
+        if dev.is_some_and(|d| d.revoked) {
+            return Err(("device is revoked".into(), AuthDecision::NotAuthorized));
+        }
+        let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let matches = dev
+            .and_then(|d| d.refresh.as_deref())
+            // Hashes of random tokens: comparing them leaks nothing useful.
+            .is_some_and(|h| h == hash.as_ref());
+        if !matches {
+            return Err(("unknown refresh token".into(), AuthDecision::BadCredentials));
+        }
+        Ok(Principal {
+            user: user.to_owned(),
+            device: Some(device.to_owned()),
+            expires_at: Some(now + REFRESH_CONNECTION_SECS),
+            claims: vec![(SCOPE.into(), REFRESH.into())],
+        })
+    }
+
     /// Makes the user and device known, refusing a revoked device. A new
     /// device's inbox cursor starts at the inbox's end: it begins with the
     /// snapshot (docs/PROTOCOL.md), not the user's whole backlog.
     fn register(&self, user: &str, device: &str) -> Result<(), Refusal> {
         let mut d = self.dir.lock();
-        match d.device_revoked(user, device) {
-            Some(true) => {
+        if d.users.get(user).is_some_and(|u| u.disabled) {
+            return Err(("user is disabled".into(), AuthDecision::NotAuthorized));
+        }
+        match d.device(user, device) {
+            Some(dev) if dev.revoked => {
                 return Err(("device is revoked".into(), AuthDecision::NotAuthorized));
             }
-            Some(false) => return Ok(()),
+            Some(_) => return Ok(()),
             None => {}
         }
         let broker = self

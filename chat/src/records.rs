@@ -84,6 +84,15 @@ pub(crate) enum DirRecord {
     Device { user: String, device: String },
     /// A device revoked by its user.
     DeviceRevoked { user: String, device: String },
+    /// A device's refresh token, as its SHA-256 (the token itself is
+    /// never stored); replaces the one before.
+    RefreshToken {
+        user: String,
+        device: String,
+        hash: Vec<u8>,
+    },
+    /// A user disabled (`true`) or enabled again by an administrator.
+    UserDisabled { user: String, disabled: bool },
     /// A conversation created (its members come with its first change).
     Conversation { id: String, kind: ConvKind },
     /// A membership change, written before the conversation entry `seq`

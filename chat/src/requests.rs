@@ -15,7 +15,7 @@ use prost::Message as _;
 
 use crate::directory::direct_id;
 use crate::error::ChatError;
-use crate::identity::device_of;
+use crate::identity::{device_of, is_admin, scope_of, Scope};
 use crate::proto::{self, request::Op};
 use crate::records::{self, conversation_log, Action, ConvKind, StoredEntry, StoredKind};
 use crate::{delivery, topics, Chat};
@@ -33,39 +33,38 @@ pub(crate) struct Handler(pub Arc<Chat>);
 impl Namespace for Handler {
     fn publish(&self, _broker: &Arc<Broker>, p: Inbound) {
         let chat = &self.0;
-        let Some((user, device)) = device_of(&p.client) else {
-            chat.metrics.inc(&chat.metrics.acl_refused, 1);
-            tracing::info!(client_id = %p.client.client_id, topic = %p.message.topic, "publish into c/ by a client that is not a chat device");
-            p.ack
-                .answer(Reply::refuse(AckCode::NotAuthorized, "not a chat device"));
-            return;
-        };
-        let (user, device) = (user.to_owned(), device.to_owned());
-        let outcome = match p.message.topic.as_str() {
-            topics::SEND => chat.send(&user, &device, &p.message.payload),
-            topics::REQUEST => chat.request(&user, &device, &p.message.payload),
-            t => {
+        let topic = p.message.topic.as_str();
+        let admin = is_admin(&p.client);
+        let device = device_of(&p.client).map(|(u, d)| (u.to_owned(), d.to_owned()));
+        let outcome = match (&device, admin, topic) {
+            (None, true, topics::ADMIN) => chat.admin(&p.message.payload),
+            (Some((u, d)), _, topics::SEND) if scope_of(&p.client) == Scope::Device => {
+                chat.send(u, d, &p.message.payload)
+            }
+            (Some((u, d)), _, topics::REQUEST) => {
+                chat.request(u, d, scope_of(&p.client), &p.message.payload)
+            }
+            (Some(_), _, topics::SEND) => Err(ChatError::NotAllowed(
+                "a refresh-token connection may only ask for an access token".into(),
+            )),
+            _ => {
                 chat.metrics.inc(&chat.metrics.acl_refused, 1);
-                tracing::info!(
-                    user,
-                    device,
-                    topic = t,
-                    "chat: publish to a topic devices may not write"
-                );
+                tracing::info!(client_id = %p.client.client_id, topic, "chat: publish to a topic this client may not write");
                 // Another device's inbox is not allowed; anything else is
                 // not a topic of the protocol.
-                let code = if t.starts_with("c/in/") {
+                let code = if device.is_none() || topic.starts_with("c/in/") {
                     AckCode::NotAuthorized
                 } else {
                     AckCode::TopicNameInvalid
                 };
                 p.ack.answer(Reply::refuse(
                     code,
-                    "chat devices publish to c/s and c/r only",
+                    "not a topic this client may publish to",
                 ));
                 return;
             }
         };
+        let (user, device) = device.unwrap_or_else(|| (topics::ADMIN_USER.into(), String::new()));
         let chat = chat.clone();
         tokio::spawn(async move {
             let (mut reply, response, woken) = match outcome {
@@ -222,14 +221,57 @@ impl Chat {
         })
     }
 
-    fn request(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
+    fn request(
+        &self,
+        user: &str,
+        device: &str,
+        scope: Scope,
+        payload: &[u8],
+    ) -> Result<Done, ChatError> {
         let r = proto::Request::decode(payload)
             .map_err(|e| ChatError::BadRequest(format!("Request: {e}")))?;
         let op =
             r.op.ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
         self.metrics.inc(&self.metrics.requests, 1);
         use proto::response::Result as R;
+        if scope == Scope::Refresh && !matches!(op, Op::RefreshAccessToken(_)) {
+            return Err(ChatError::NotAllowed(
+                "a refresh-token connection may only ask for an access token".into(),
+            ));
+        }
         match op {
+            Op::RefreshAccessToken(_) => {
+                let now = courier::message::unix_now();
+                let ttl = self.config.tokens.mint_ttl_secs;
+                let access_token = self.tokens.mint(user, device, now, ttl).map_err(|e| {
+                    ChatError::NotAllowed(format!("the broker mints no tokens: {e}"))
+                })?;
+                Ok(Done::answer(R::Token(proto::Token {
+                    access_token,
+                    expires_at: now + ttl,
+                    refresh_token: String::new(),
+                })))
+            }
+            Op::IssueRefreshToken(_) => {
+                let mut raw = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+                    .map_err(|_| ChatError::Unavailable("no randomness".into()))?;
+                let token = format!("{}{}", topics::REFRESH_PREFIX, crate::directory::hex(&raw));
+                let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+                let rec = records::DirRecord::RefreshToken {
+                    user: user.to_owned(),
+                    device: device.to_owned(),
+                    hash: hash.as_ref().to_vec(),
+                };
+                let mut d = self.dir.lock();
+                self.dir_append(&rec)?;
+                d.apply(&rec);
+                Ok(Done::answer(R::Token(proto::Token {
+                    access_token: String::new(),
+                    expires_at: 0,
+                    refresh_token: token,
+                })))
+            }
             Op::CreateGroup(g) => {
                 let mut members = vec![user.to_owned()];
                 for m in g.members {
@@ -327,7 +369,10 @@ impl Chat {
                     .filter_map(|r| to_entry(&h.conversation, r, Some(user)))
                     .collect();
                 let first_kept = logs.read(&log, 0, 1)?.first().map_or(0, |r| r.seq);
-                Ok(Done::answer(R::Entries(proto::Entries { entries, first_kept })))
+                Ok(Done::answer(R::Entries(proto::Entries {
+                    entries,
+                    first_kept,
+                })))
             }
             Op::MarkRead(mr) => {
                 let mut d = self.dir.lock();
@@ -398,9 +443,9 @@ impl Chat {
                     .map(|u| {
                         u.devices
                             .iter()
-                            .map(|(id, revoked)| proto::Device {
+                            .map(|(id, dev)| proto::Device {
                                 id: id.clone(),
-                                revoked: *revoked,
+                                revoked: dev.revoked,
                                 online: false,
                             })
                             .collect()
@@ -420,32 +465,12 @@ impl Chat {
                 Ok(done)
             }
             Op::RevokeDevice(rd) => {
-                let mut d = self.dir.lock();
-                if d.device_revoked(user, &rd.device).is_none() {
+                let d = self.dir.lock();
+                if d.device(user, &rd.device).is_none() {
                     return Err(ChatError::BadRequest(format!("no device {:?}", rd.device)));
                 }
-                let rec = records::DirRecord::DeviceRevoked {
-                    user: user.to_owned(),
-                    device: rd.device.clone(),
-                };
-                self.broker()?.logs().append(
-                    records::DIRECTORY,
-                    vec![courier::logs::NewRecord {
-                        id: None,
-                        data: records::encode(&rec),
-                    }],
-                    None,
-                )?;
-                d.apply(&rec);
                 drop(d);
-                self.broker()?
-                    .disconnect(&topics::client_id(user, &rd.device));
-                tracing::info!(
-                    user,
-                    device = rd.device,
-                    by = device,
-                    "chat: device revoked"
-                );
+                self.revoke(user, &rd.device, device)?;
                 Ok(Done {
                     reply: Reply::success(),
                     response: Some(proto::Response::default()),
@@ -472,6 +497,136 @@ impl Chat {
                     }
                 }
                 Ok(Done::answer(R::Receipts(res)))
+            }
+        }
+    }
+
+    fn dir_append(&self, rec: &records::DirRecord) -> Result<(), ChatError> {
+        self.broker()?.logs().append(
+            records::DIRECTORY,
+            vec![courier::logs::NewRecord {
+                id: None,
+                data: records::encode(rec),
+            }],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Revokes `user`'s `device` (its tokens, refresh token included, are
+    /// refused from now on) and disconnects it.
+    fn revoke(&self, user: &str, device: &str, by: &str) -> Result<(), ChatError> {
+        let rec = records::DirRecord::DeviceRevoked {
+            user: user.to_owned(),
+            device: device.to_owned(),
+        };
+        {
+            let mut d = self.dir.lock();
+            self.dir_append(&rec)?;
+            d.apply(&rec);
+        }
+        self.broker()?.disconnect(&topics::client_id(user, device));
+        tracing::info!(user, device, by, "chat: device revoked");
+        Ok(())
+    }
+
+    /// An administrator's request.
+    fn admin(&self, payload: &[u8]) -> Result<Done, ChatError> {
+        use proto::admin_request::Op as A;
+        use proto::response::Result as R;
+        let r = proto::AdminRequest::decode(payload)
+            .map_err(|e| ChatError::BadRequest(format!("AdminRequest: {e}")))?;
+        let op =
+            r.op.ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
+        self.metrics.inc(&self.metrics.requests, 1);
+        match op {
+            A::MintToken(m) => {
+                if !topics::valid_id(&m.user) || !topics::valid_id(&m.device) {
+                    return Err(ChatError::BadRequest("invalid user or device id".into()));
+                }
+                let now = courier::message::unix_now();
+                let ttl = match m.ttl_secs {
+                    0 => self.config.tokens.mint_ttl_secs,
+                    t => t,
+                };
+                let access_token = self
+                    .tokens
+                    .mint(&m.user, &m.device, now, ttl)
+                    .map_err(|e| ChatError::NotAllowed(e.to_string()))?;
+                Ok(Done::answer(R::Token(proto::Token {
+                    access_token,
+                    expires_at: now + ttl,
+                    refresh_token: String::new(),
+                })))
+            }
+            A::SetUserDisabled(u) => {
+                let devices: Vec<String> = {
+                    let mut d = self.dir.lock();
+                    let Some(user) = d.users.get(&u.user) else {
+                        return Err(ChatError::UnknownUser(u.user));
+                    };
+                    let devices = user.devices.keys().cloned().collect();
+                    let rec = records::DirRecord::UserDisabled {
+                        user: u.user.clone(),
+                        disabled: u.disabled,
+                    };
+                    self.dir_append(&rec)?;
+                    d.apply(&rec);
+                    devices
+                };
+                if u.disabled {
+                    let broker = self.broker()?;
+                    for dev in devices {
+                        broker.disconnect(&topics::client_id(&u.user, &dev));
+                    }
+                }
+                tracing::info!(
+                    user = u.user,
+                    disabled = u.disabled,
+                    "chat: user disabled or enabled by an administrator"
+                );
+                Ok(Done {
+                    reply: Reply::success(),
+                    response: Some(proto::Response::default()),
+                    woken: Vec::new(),
+                })
+            }
+            A::ListUsers(_) => {
+                let broker = self.broker()?;
+                let d = self.dir.lock();
+                let mut users: Vec<proto::UserInfo> = d
+                    .users
+                    .iter()
+                    .map(|(id, u)| proto::UserInfo {
+                        id: id.clone(),
+                        disabled: u.disabled,
+                        devices: u
+                            .devices
+                            .iter()
+                            .map(|(dev, s)| proto::Device {
+                                id: dev.clone(),
+                                revoked: s.revoked,
+                                online: broker.is_connected(&topics::client_id(id, dev)),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                users.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Done::answer(R::Users(proto::Users { users })))
+            }
+            A::RevokeUserDevice(r) => {
+                if self.dir.lock().device(&r.user, &r.device).is_none() {
+                    return Err(ChatError::BadRequest(format!(
+                        "no device {:?} of {:?}",
+                        r.device, r.user
+                    )));
+                }
+                self.revoke(&r.user, &r.device, topics::ADMIN_USER)?;
+                Ok(Done {
+                    reply: Reply::success(),
+                    response: Some(proto::Response::default()),
+                    woken: Vec::new(),
+                })
             }
         }
     }
@@ -578,8 +733,17 @@ impl Chat {
         let down = proto::Down {
             kind: Some(proto::down::Kind::Response(response)),
         };
+        // A device's answers come on its inbox, whatever it named; an
+        // administrator's on the topic it named.
+        let topic = if user == topics::ADMIN_USER {
+            props
+                .and_then(|x| x.response_topic.clone())
+                .unwrap_or_default()
+        } else {
+            topics::inbox(user, device)
+        };
         let msg = Message {
-            topic: topics::inbox(user, device),
+            topic,
             payload: Bytes::from(down.encode_to_vec()),
             qos: 1,
             retain: false,

@@ -81,13 +81,16 @@ pub(crate) fn spawn(chat: Arc<Chat>) {
             }
             let chat = chat.clone();
             // Reads the store: off the async threads.
-            let r = tokio::task::spawn_blocking(move || {
-                chat.trim(courier::message::unix_now() * 1000)
-            })
-            .await;
+            let r =
+                tokio::task::spawn_blocking(move || chat.trim(courier::message::unix_now() * 1000))
+                    .await;
             match r {
                 Ok(Ok(t)) if t != Trimmed::default() => {
-                    tracing::info!(inboxes = t.inboxes, conversations = t.conversations, "chat: retention")
+                    tracing::info!(
+                        inboxes = t.inboxes,
+                        conversations = t.conversations,
+                        "chat: retention"
+                    )
                 }
                 Ok(Err(e)) => tracing::warn!("chat: retention: {e}"),
                 _ => {}

@@ -31,6 +31,10 @@ pub struct Claims {
     /// Audience, if the issuer named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// An administrator's token (`courier admin`), minted only by the
+    /// broker's own secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adm: bool,
 }
 
 /// Why a token was refused.
@@ -203,8 +207,41 @@ impl Tokens {
             exp: now + ttl_secs,
             iat: now,
             aud: self.audience.clone(),
+            adm: false,
         };
         jsonwebtoken::encode(&header, &claims, key).map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// An administrator's token for `courier admin`, valid `ttl_secs`.
+    pub fn mint_admin(&self, name: &str, now: u64, ttl_secs: u64) -> Result<String, TokenError> {
+        let (kid, key, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let claims = Claims {
+            sub: crate::topics::ADMIN_USER.to_owned(),
+            dev: name.to_owned(),
+            exp: now + ttl_secs,
+            iat: now,
+            aud: self.audience.clone(),
+            adm: true,
+        };
+        jsonwebtoken::encode(&header, &claims, key).map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// Checks an administrator's token: valid, and signed by the broker's
+    /// own secret (an app's issuer cannot make administrators).
+    pub fn verify_admin(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let (kid, _, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if header.kid.as_deref() != Some(kid.as_str()) {
+            return Err(TokenError::UnknownKey(header.kid));
+        }
+        let c = self.verify(token, now)?;
+        if !c.adm || c.sub != crate::topics::ADMIN_USER {
+            return Err(TokenError::Invalid("not an administrator's token".into()));
+        }
+        Ok(c)
     }
 }
 
@@ -460,6 +497,7 @@ mod tests {
                 exp: 2000,
                 iat: 1000,
                 aud: None,
+                adm: false,
             };
             jsonwebtoken::encode(&h, &c, &EncodingKey::from_secret(secret).unwrap()).unwrap()
         };

@@ -7,6 +7,14 @@ pub const PREFIX: &str = "c";
 pub const SEND: &str = "c/s";
 /// Where devices publish `Request`.
 pub const REQUEST: &str = "c/r";
+/// Where `courier admin` publishes `AdminRequest`.
+pub const ADMIN: &str = "c/admin";
+/// The user an administrator's connection is (not a valid user id).
+pub const ADMIN_USER: &str = "$admin";
+/// Client ids of administrators' connections start with this.
+pub const ADMIN_CLIENT_PREFIX: &str = "$admin:";
+/// Refresh tokens start with this (access tokens are JWTs, `eyJ...`).
+pub const REFRESH_PREFIX: &str = "rt1.";
 
 /// The one topic a device subscribes to; everything addressed to it
 /// arrives there.

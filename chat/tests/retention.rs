@@ -20,14 +20,23 @@ async fn a_device_offline_past_retention_gets_a_gap_then_resyncs() {
     let mut alice = Phone::connect(&s, "alice", "phone").await;
     let bob = Phone::connect(&s, "bob", "phone").await;
     bob.leave().await;
-    let (_, conv) = alice.send_text(To::User("bob"), "1", "old news").await.unwrap();
+    let (_, conv) = alice
+        .send_text(To::User("bob"), "1", "old news")
+        .await
+        .unwrap();
     let conv = conv.unwrap();
-    alice.send_text(To::Conversation(&conv), "2", "more old news").await.unwrap();
+    alice
+        .send_text(To::Conversation(&conv), "2", "more old news")
+        .await
+        .unwrap();
     // 31 days on, bob's inbox no longer holds those three entries.
     let t = s.running.chat.trim(now_ms() + 31 * DAY_MS).unwrap();
     assert_eq!(t.inboxes, 2);
     s.running.server.broker.durable().await.unwrap();
-    alice.send_text(To::Conversation(&conv), "3", "today").await.unwrap();
+    alice
+        .send_text(To::Conversation(&conv), "3", "today")
+        .await
+        .unwrap();
 
     let mut bob = Phone::connect(&s, "bob", "phone").await;
     assert_eq!(bob.gap().await, 3);
@@ -35,10 +44,19 @@ async fn a_device_offline_past_retention_gets_a_gap_then_resyncs() {
     assert_eq!((e.seq, text(&e).as_str()), (4, "today"));
     // The snapshot, then the history fill the gap (the conversation keeps
     // its history: no history retention is configured).
-    match bob.ok(Op::ListConversations(proto::ListConversations { offset: 0, limit: 20 })).await {
+    match bob
+        .ok(Op::ListConversations(proto::ListConversations {
+            offset: 0,
+            limit: 20,
+        }))
+        .await
+    {
         Some(R::Conversations(cs)) => {
             assert_eq!(cs.conversations.len(), 1);
-            assert_eq!((cs.conversations[0].last_seq, cs.conversations[0].unread), (4, 4));
+            assert_eq!(
+                (cs.conversations[0].last_seq, cs.conversations[0].unread),
+                (4, 4)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -71,19 +89,36 @@ async fn history_past_its_limit_says_where_it_starts() {
     let (_, conv) = alice.send_text(To::User("bob"), "1", "a").await.unwrap();
     let conv = conv.unwrap();
     for (i, t) in ["b", "c", "d", "e"].iter().enumerate() {
-        alice.send_text(To::Conversation(&conv), &format!("{}", i + 2), t).await.unwrap();
+        alice
+            .send_text(To::Conversation(&conv), &format!("{}", i + 2), t)
+            .await
+            .unwrap();
     }
     // Entries 1-6; the limit keeps 4-6, then 5-7 once "f" is in.
     assert_eq!(s.running.chat.trim(now_ms()).unwrap().conversations, 1);
-    alice.send_text(To::Conversation(&conv), "9", "f").await.unwrap();
+    alice
+        .send_text(To::Conversation(&conv), "9", "f")
+        .await
+        .unwrap();
     s.running.chat.trim(now_ms()).unwrap();
-    alice.send_text(To::Conversation(&conv), "10", "g").await.unwrap();
+    alice
+        .send_text(To::Conversation(&conv), "10", "g")
+        .await
+        .unwrap();
     match alice
-        .ok(Op::History(proto::History { conversation: conv.clone(), before: 0, after: 0, limit: 50 }))
+        .ok(Op::History(proto::History {
+            conversation: conv.clone(),
+            before: 0,
+            after: 0,
+            limit: 50,
+        }))
         .await
     {
         Some(R::Entries(es)) => {
-            assert_eq!(es.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7, 8]);
+            assert_eq!(
+                es.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [5, 6, 7, 8]
+            );
             assert_eq!(es.first_kept, 5);
         }
         other => panic!("{other:?}"),
