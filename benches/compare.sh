@@ -30,7 +30,7 @@ if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
   # 0.20.0's lock file pins a dependency that no longer builds; resolve anew.
   cargo install rumqttd --version 0.20.0 --root benches/.tools
 fi
-cargo build --release -q -p courier-broker -p courier-benches
+cargo build --release -q -p courier-broker -p courier-chat -p courier-benches
 COURIER=target/release/courier
 LOADGEN=target/release/loadgen
 

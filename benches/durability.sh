@@ -16,7 +16,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 PAIRS=${PAIRS:-50}
-cargo build --release -q -p courier-broker -p courier-benches
+cargo build --release -q -p courier-broker -p courier-chat -p courier-benches
 VARIANTS=${VARIANTS:-"courier=target/release/courier:fsync courier-periodic=target/release/courier:periodic"}
 LOADGEN=target/release/loadgen
 

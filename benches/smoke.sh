@@ -4,7 +4,7 @@
 # JSON says nothing was lost. Not a measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q -p courier-broker -p courier-benches --bins
+cargo build -q -p courier-broker -p courier-chat -p courier-benches --bins
 cargo bench -q -p courier-benches --no-run 2>/dev/null || cargo bench -p courier-benches --no-run
 work=$(mktemp -d)
 target/debug/courier --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/out" 2>"$work/err" &

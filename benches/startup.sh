@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 SESSIONS=${SESSIONS:-100000}
 MESSAGES=${MESSAGES:-10}
 ROUNDS=${ROUNDS:-3}
-cargo build --release -q -p courier-broker -p courier-benches
+cargo build --release -q -p courier-broker -p courier-chat -p courier-benches
 LOADGEN=target/release/loadgen
 builds=("courier=target/release/courier")
 [ -n "${COURIER_BASE:-}" ] && builds+=("courier-base=$COURIER_BASE")

@@ -338,7 +338,11 @@ mod tests {
     #[test]
     fn shipped_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/courier.toml");
-        let cfg = Config::load(&path).expect("config/courier.toml is valid");
+        let (cfg, chat) = Config::load_split(&path, "chat").expect("config/courier.toml is valid");
+        assert!(
+            chat.is_some(),
+            "the chat layer's section is there, for courier-chat"
+        );
         assert_eq!(cfg.durability, Durability::Fsync);
         assert_eq!(cfg.commit_delay_us, Config::default().commit_delay_us);
     }

@@ -111,3 +111,32 @@ pub enum KeyAlgorithm {
     /// Ed25519.
     EdDSA,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_chat_section_parses_and_shows_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/courier.toml");
+        let (_, chat) = courier::config::Config::load_split(&path, "chat").unwrap();
+        let c: ChatConfig = chat.unwrap().try_into().unwrap();
+        let d = ChatConfig::default();
+        assert_eq!(
+            (
+                c.max_content_bytes,
+                c.max_group_members,
+                c.inbox_window,
+                c.inbox_retention_secs
+            ),
+            (
+                d.max_content_bytes,
+                d.max_group_members,
+                d.inbox_window,
+                d.inbox_retention_secs
+            )
+        );
+        assert_eq!(c.tokens.secret_file, d.tokens.secret_file);
+        assert_eq!(c.tokens.mint_ttl_secs, d.tokens.mint_ttl_secs);
+    }
+}

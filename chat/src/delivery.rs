@@ -9,7 +9,7 @@
 //! user's delivered watermark in the conversation; watermark changes go
 //! out as coalesced receipts every `FLUSH`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use courier::broker::Delivered;
 use courier::feed::{ClientUpdate, Feed};
 use courier::message::Message;
+use courier::store::LogRecord;
 use courier::tracker::{DropReason, Outcome, Tracker};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -62,6 +63,22 @@ struct Pump {
     next: u64,
     /// Sent, not yet acknowledged: inbox seq to (conversation, seq).
     outstanding: BTreeMap<u64, (String, u64)>,
+    /// Read from the store, not sent yet (read in batches, sent one per
+    /// acknowledgement so the link never idles).
+    ready: VecDeque<Ready>,
+    /// Every inbox entry up to here has left `ready` (sent or skipped).
+    taken: u64,
+}
+
+/// An inbox entry read ahead.
+enum Ready {
+    /// To send: its inbox seq, its key and the encoded `Down`.
+    Send(u64, String, u64, Bytes),
+    /// Nothing to send (the device's own, or gone): counts as acknowledged.
+    Skip(u64),
+    /// Entries were removed by retention before this device got them:
+    /// how many, and the first that is still there.
+    Gap(u64, u64),
 }
 
 #[derive(Default)]
@@ -139,6 +156,8 @@ impl Deliveries {
                     saved: cursor,
                     next: cursor + 1,
                     outstanding: BTreeMap::new(),
+                    ready: VecDeque::new(),
+                    taken: cursor,
                 },
             );
             self.refill(&id);
@@ -215,7 +234,9 @@ impl Deliveries {
                 // Still connected (else the feed ends the pump): send the
                 // window again from the cursor.
                 p.outstanding.clear();
+                p.ready.clear();
                 p.next = p.cursor + 1;
+                p.taken = p.cursor;
             }
         }
         self.refill(&id);
@@ -225,7 +246,7 @@ impl Deliveries {
         p.outstanding.remove(&inbox_seq);
         let upto = match p.outstanding.keys().next() {
             Some(first) => first - 1,
-            None => p.next - 1,
+            None => p.taken,
         };
         p.cursor = p.cursor.max(upto);
     }
@@ -259,117 +280,157 @@ impl Deliveries {
             return;
         };
         while p.outstanding.len() < window {
-            let want = window - p.outstanding.len();
-            let refs = match broker.logs().read(&inbox_log(&p.user), p.next, want) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(client_id = %id, "chat: reading inbox: {e}");
-                    return;
-                }
-            };
-            // The first entry the inbox still has from `next` on; if it is
-            // past `next`, retention removed what lies between.
-            let first = match refs.first() {
-                Some(r) => r.seq,
-                // Committed: what a read would see (a newer append is not
-                // a gap, only not readable yet).
-                None => match broker.logs().last_committed(&inbox_log(&p.user)) {
-                    Ok(last) if last >= p.next => last + 1,
-                    _ => return,
-                },
-            };
-            if first > p.next {
-                let lost = first - p.next;
-                tracing::info!(client_id = %id, lost, "chat: inbox gap");
-                let down = proto::Down {
-                    kind: Some(proto::down::Kind::Gap(proto::Gap { lost })),
-                };
-                let msg = Message {
-                    topic: topics::inbox(&p.user, &p.device),
-                    payload: Bytes::from(down.encode_to_vec()),
-                    qos: 1,
-                    retain: false,
-                    expires_at: None,
-                    props: None,
-                };
-                if !matches!(
-                    broker.deliver(id, msg, false, None),
-                    Ok(Delivered::Queued { .. })
-                ) {
-                    return;
-                }
-                p.next = first;
-                if p.outstanding.is_empty() {
-                    p.cursor = p.cursor.max(first - 1);
-                }
-            }
-            if refs.is_empty() {
+            if p.ready.is_empty() && !Self::read_ahead(p, &broker, id, window) {
                 return;
             }
-            for r in refs {
-                p.next = r.seq + 1;
-                let Some(iref) = records::decode::<InboxRef>(&r.data) else {
-                    tracing::error!(client_id = %id, seq = r.seq, "chat: unreadable inbox entry skipped");
-                    Self::done_unsent(p, r.seq);
-                    continue;
-                };
-                if iref.from_device.as_deref() == Some(p.device.as_str()) {
-                    // The device's own message: it has it.
-                    Self::done_unsent(p, r.seq);
+            let Some(item) = p.ready.pop_front() else {
+                return;
+            };
+            let (inbox_seq, conv, seq, payload) = match item {
+                Ready::Skip(s) => {
+                    p.taken = s;
+                    Self::done_unsent(p, s);
                     continue;
                 }
-                let log = conversation_log(&iref.conversation);
-                let entry = match broker.logs().read(&log, iref.seq, 1) {
-                    Ok(v) => v
-                        .into_iter()
-                        .find(|e| e.seq == iref.seq)
-                        .and_then(|e| to_entry(&iref.conversation, &e, Some(&p.user))),
-                    Err(e) => {
-                        tracing::error!(client_id = %id, "chat: reading conversation: {e}");
+                Ready::Gap(lost, first) => {
+                    p.taken = first - 1;
+                    if p.outstanding.is_empty() {
+                        p.cursor = p.cursor.max(p.taken);
+                    }
+                    tracing::info!(client_id = %id, lost, "chat: inbox gap");
+                    let down = proto::Down {
+                        kind: Some(proto::down::Kind::Gap(proto::Gap { lost })),
+                    };
+                    let msg = inbox_message(p, Bytes::from(down.encode_to_vec()));
+                    if !matches!(
+                        broker.deliver(id, msg, false, None),
+                        Ok(Delivered::Queued { .. })
+                    ) {
                         return;
                     }
-                };
-                let Some(entry) = entry else {
-                    // Gone from the conversation (retention): nothing to send.
-                    Self::done_unsent(p, r.seq);
                     continue;
-                };
-                let down = proto::Down {
-                    kind: Some(proto::down::Kind::Entry(entry)),
-                };
-                let msg = Message {
-                    topic: topics::inbox(&p.user, &p.device),
-                    payload: Bytes::from(down.encode_to_vec()),
-                    qos: 1,
-                    retain: false,
-                    expires_at: None,
-                    props: None,
-                };
-                let tx = self.tx.clone();
-                let (conv, seq, inbox_seq) = (iref.conversation.clone(), iref.seq, r.seq);
-                let tracker = Tracker::new(move |rep| {
-                    let _ = tx.send(Event::Report {
-                        client_id: rep.client_id,
-                        inbox_seq,
-                        conversation: conv.clone(),
-                        seq,
-                        outcome: rep.outcome,
-                    });
+                }
+                Ready::Send(a, b, c, d) => (a, b, c, d),
+            };
+            p.taken = inbox_seq;
+            let tx = self.tx.clone();
+            let (c2, s2) = (conv.clone(), seq);
+            let tracker = Tracker::new(move |rep| {
+                let _ = tx.send(Event::Report {
+                    client_id: rep.client_id,
+                    inbox_seq,
+                    conversation: c2.clone(),
+                    seq: s2,
+                    outcome: rep.outcome,
                 });
-                p.outstanding.insert(r.seq, (iref.conversation, iref.seq));
-                match broker.deliver(id, msg, false, Some(&tracker)) {
-                    Ok(Delivered::Queued { .. }) => {
-                        self.chat.metrics.inc(&self.chat.metrics.deliveries, 1);
-                    }
-                    Ok(Delivered::Dropped(_)) => {} // the tracker was told
-                    Ok(Delivered::NoSession) | Err(_) => {
-                        p.outstanding.remove(&r.seq);
-                        p.next = r.seq;
-                        return;
+            });
+            p.outstanding.insert(inbox_seq, (conv, seq));
+            match broker.deliver(id, inbox_message(p, payload), false, Some(&tracker)) {
+                Ok(Delivered::Queued { .. }) => {
+                    self.chat.metrics.inc(&self.chat.metrics.deliveries, 1);
+                }
+                Ok(Delivered::Dropped(_)) => {} // the tracker was told
+                Ok(Delivered::NoSession) | Err(_) => {
+                    // Gone: the feed ends this pump; start over from the
+                    // cursor if it comes back.
+                    p.outstanding.remove(&inbox_seq);
+                    p.ready.clear();
+                    p.next = p.cursor + 1;
+                    p.taken = p.cursor;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the next inbox entries of `p` (up to `limit`) and the entries
+    /// they point to (one read per conversation where they lie close
+    /// together) into `p.ready`. False if there is nothing to read.
+    fn read_ahead(p: &mut Pump, broker: &courier::Broker, id: &Arc<str>, limit: usize) -> bool {
+        let logs = broker.logs();
+        let refs = match logs.read(&inbox_log(&p.user), p.next, limit) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(client_id = %id, "chat: reading inbox: {e}");
+                return false;
+            }
+        };
+        // The first entry the inbox still has from `next` on; past `next`,
+        // retention removed what lies between.
+        let first = match refs.first() {
+            Some(r) => r.seq,
+            // Committed: what a read would see (a newer append is not a
+            // gap, only not readable yet).
+            None => match logs.last_committed(&inbox_log(&p.user)) {
+                Ok(last) if last >= p.next => last + 1,
+                _ => return false,
+            },
+        };
+        if first > p.next {
+            p.ready.push_back(Ready::Gap(first - p.next, first));
+            p.next = first;
+        }
+        let decoded: Vec<Option<InboxRef>> = refs
+            .iter()
+            .map(|r| records::decode::<InboxRef>(&r.data))
+            .collect();
+        let mut spans: HashMap<&str, (u64, u64, u64)> = HashMap::new();
+        for iref in decoded.iter().flatten() {
+            let e = spans
+                .entry(iref.conversation.as_str())
+                .or_insert((iref.seq, iref.seq, 0));
+            *e = (e.0.min(iref.seq), e.1.max(iref.seq), e.2 + 1);
+        }
+        let mut cache: HashMap<(String, u64), LogRecord> = HashMap::new();
+        for (conv, (lo, hi, n)) in spans {
+            if hi - lo < 4 * n + 8 {
+                if let Ok(recs) = logs.read(&conversation_log(conv), lo, (hi - lo + 1) as usize) {
+                    for rec in recs {
+                        cache.insert((conv.to_owned(), rec.seq), rec);
                     }
                 }
             }
         }
+        for (r, iref) in refs.into_iter().zip(decoded) {
+            p.next = r.seq + 1;
+            let Some(iref) = iref else {
+                tracing::error!(client_id = %id, seq = r.seq, "chat: unreadable inbox entry skipped");
+                p.ready.push_back(Ready::Skip(r.seq));
+                continue;
+            };
+            if iref.from_device.as_deref() == Some(p.device.as_str()) {
+                // The device's own message: it has it.
+                p.ready.push_back(Ready::Skip(r.seq));
+                continue;
+            }
+            let rec = match cache.remove(&(iref.conversation.clone(), iref.seq)) {
+                Some(rec) => Some(rec),
+                None => match logs.read(&conversation_log(&iref.conversation), iref.seq, 1) {
+                    Ok(v) => v.into_iter().find(|e| e.seq == iref.seq),
+                    Err(e) => {
+                        tracing::error!(client_id = %id, "chat: reading conversation: {e}");
+                        p.next = r.seq;
+                        return !p.ready.is_empty();
+                    }
+                },
+            };
+            // Gone from the conversation (retention): nothing to send.
+            let Some(entry) = rec.and_then(|e| to_entry(&iref.conversation, &e, Some(&p.user)))
+            else {
+                p.ready.push_back(Ready::Skip(r.seq));
+                continue;
+            };
+            let down = proto::Down {
+                kind: Some(proto::down::Kind::Entry(entry)),
+            };
+            p.ready.push_back(Ready::Send(
+                r.seq,
+                iref.conversation,
+                iref.seq,
+                Bytes::from(down.encode_to_vec()),
+            ));
+        }
+        !p.ready.is_empty()
     }
 
     /// An inbox entry that needs no sending counts as acknowledged.
@@ -465,5 +526,17 @@ impl Deliveries {
                 self.chat.metrics.inc(&self.chat.metrics.receipts, 1);
             }
         }
+    }
+}
+
+/// A message on `p`'s inbox topic.
+fn inbox_message(p: &Pump, payload: Bytes) -> Message {
+    Message {
+        topic: topics::inbox(&p.user, &p.device),
+        payload,
+        qos: 1,
+        retain: false,
+        expires_at: None,
+        props: None,
     }
 }

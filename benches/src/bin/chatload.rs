@@ -1,0 +1,504 @@
+//! Load generator for the chat protocol: chat devices (MQTT 5, rumqttc,
+//! explicit acknowledgements) in direct conversations or groups, sending
+//! at a fixed or an open rate. Prints one JSON line per run: messages
+//! accepted (PUBACKed) per second, deliveries per second, send-to-delivery
+//! latency, disk bytes written per message (from /proc/<pid>/io of the
+//! broker), and for `catchup` the time a device takes to receive a backlog.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use courier_chat::proto::{self, down, request::Op};
+use hdrhistogram::Histogram;
+use prost::Message as _;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// The broker's token secret (`[chat.tokens] secret_file`).
+    #[arg(long)]
+    secret: std::path::PathBuf,
+    /// Name of the build under test, copied into the output.
+    #[arg(long, default_value = "courier")]
+    label: String,
+    /// The broker's pid, for disk bytes written (/proc/<pid>/io).
+    #[arg(long)]
+    pid: Option<u32>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
+    /// Pairs of users in direct conversations, one device each; one of each
+    /// pair sends.
+    Direct {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// Groups of `size` members; one member of each sends; a share of the
+    /// members' devices is offline.
+    Group {
+        #[arg(long, default_value_t = 10)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// Share of the members offline (their inboxes fill).
+        #[arg(long, default_value_t = 0.3)]
+        offline: f64,
+        #[command(flatten)]
+        flow: Flow,
+    },
+    /// A device offline while `messages` are sent to it, then connecting:
+    /// how long until it has them all.
+    Catchup {
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+    },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct Flow {
+    /// Messages per second over all senders; 0: as fast as each sender's
+    /// window of unacknowledged sends allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Body bytes (at least 8: the send time).
+    #[arg(long, default_value_t = 32)]
+    body: usize,
+}
+
+fn epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters shared by every device of a run.
+#[derive(Default)]
+struct Stats {
+    measuring: std::sync::atomic::AtomicBool,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    deliveries: AtomicU64,
+    latency: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Stats {
+    fn new() -> Arc<Stats> {
+        let s = Stats::default();
+        *s.latency.lock().unwrap() = Some(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap());
+        Arc::new(s)
+    }
+}
+
+/// A connected chat device: its client, and its responses.
+struct Device {
+    client: AsyncClient,
+    user: String,
+    device: String,
+    responses: mpsc::UnboundedReceiver<proto::Response>,
+    /// Entries received (all, measured or not).
+    entries: Arc<AtomicU64>,
+    /// Sends not yet acknowledged that this device may still make.
+    window: Arc<tokio::sync::Semaphore>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Unacknowledged sends per device in the open-rate runs.
+const WINDOW: usize = 16;
+
+struct Ctx {
+    host: String,
+    port: u16,
+    tokens: courier_chat::Tokens,
+}
+
+impl Ctx {
+    async fn device(&self, user: &str, device: &str, stats: &Arc<Stats>) -> anyhow::Result<Device> {
+        let id = courier_chat::topics::client_id(user, device);
+        let mut o = MqttOptions::new(id.clone(), self.host.clone(), self.port);
+        let token = self
+            .tokens
+            .mint(user, device, courier::message::unix_now(), 3600)?;
+        o.set_credentials("", token);
+        o.set_manual_acks(true);
+        o.set_clean_start(true);
+        o.set_keep_alive(Duration::from_secs(60));
+        o.set_max_packet_size(Some(1 << 20));
+        let (client, mut el) = AsyncClient::new(o, 256);
+        // Wait for the CONNACK before anything else.
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => bail!("{id}: {e}"),
+            }
+        }
+        let (tx, responses) = mpsc::unbounded_channel();
+        let entries = Arc::new(AtomicU64::new(0));
+        let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+        let (stats, count, c, w) = (
+            stats.clone(),
+            entries.clone(),
+            client.clone(),
+            window.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let now = epoch_ns();
+                        match proto::Down::decode(p.payload.clone()).map(|d| d.kind) {
+                            Ok(Some(down::Kind::Entry(e))) => {
+                                count.fetch_add(1, Ordering::Relaxed);
+                                if let Some(proto::entry::Kind::Content(body)) = e.kind {
+                                    if stats.measuring.load(Ordering::Relaxed)
+                                        && body.body.len() >= 8
+                                    {
+                                        let sent = u64::from_be_bytes(
+                                            body.body[..8].try_into().unwrap_or_default(),
+                                        );
+                                        let us = now.saturating_sub(sent) / 1000;
+                                        stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                                        if let Some(h) = stats.latency.lock().unwrap().as_mut() {
+                                            let _ = h.record(us.max(1));
+                                        }
+                                    }
+                                }
+                            }
+                            Ok(Some(down::Kind::Response(r))) => {
+                                let _ = tx.send(r);
+                            }
+                            _ => {}
+                        }
+                        // Acknowledged once "stored": here, once counted.
+                        let _ = c.ack(&p).await;
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(a))) => {
+                        w.add_permits(1);
+                        if stats.measuring.load(Ordering::Relaxed) {
+                            if a.reason == PubAckReason::Success {
+                                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                stats.refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Device {
+            client,
+            user: user.into(),
+            device: device.into(),
+            responses,
+            entries,
+            window,
+            task,
+        })
+    }
+}
+
+impl Device {
+    async fn request(&mut self, op: Op) -> anyhow::Result<proto::Response> {
+        let props = PublishProperties {
+            response_topic: Some(courier_chat::topics::inbox(&self.user, &self.device)),
+            correlation_data: Some(Bytes::from_static(b"1")),
+            ..Default::default()
+        };
+        let req = proto::Request { op: Some(op) }.encode_to_vec();
+        self.client
+            .publish_with_properties(
+                courier_chat::topics::REQUEST,
+                QoS::AtLeastOnce,
+                false,
+                req,
+                props,
+            )
+            .await?;
+        let r = tokio::time::timeout(Duration::from_secs(30), self.responses.recv())
+            .await
+            .context("no response")?
+            .context("connection closed")?;
+        if let Some(e) = r.error {
+            bail!("refused: {}", e.message);
+        }
+        Ok(r)
+    }
+
+    async fn send(&self, conv: &str, to_user: &str, id: u64, body: usize) -> anyhow::Result<()> {
+        self.window.acquire().await?.forget();
+        let mut b = vec![0u8; body.max(8)];
+        b[..8].copy_from_slice(&epoch_ns().to_be_bytes());
+        let m = proto::SendMessage {
+            conversation: conv.into(),
+            to_user: to_user.into(),
+            client_msg_id: id.to_string(),
+            content: Some(proto::Content {
+                r#type: String::new(),
+                body: b,
+            }),
+        };
+        self.client
+            .publish(
+                courier_chat::topics::SEND,
+                QoS::AtLeastOnce,
+                false,
+                m.encode_to_vec(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn close(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn written_bytes(pid: Option<u32>) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// One sender: where it sends, as a conversation or the other user.
+struct Sender {
+    device: Device,
+    conv: String,
+    to_user: String,
+}
+
+/// Runs the senders for `flow`, measuring after the warm-up.
+async fn drive(senders: Vec<Sender>, flow: Flow, stats: &Arc<Stats>) -> Vec<Device> {
+    let per_sender = if flow.rate > 0.0 {
+        flow.rate / senders.len() as f64
+    } else {
+        0.0
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (k, s) in senders.into_iter().enumerate() {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now();
+            let mut i = (k as u64) << 32;
+            while !stop.load(Ordering::Relaxed) {
+                if per_sender > 0.0 {
+                    next += Duration::from_secs_f64(1.0 / per_sender);
+                    tokio::time::sleep_until(next).await;
+                }
+                i += 1;
+                if s.device
+                    .send(&s.conv, &s.to_user, i, flow.body)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            s.device
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(flow.warmup)).await;
+    stats.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(flow.duration)).await;
+    stats.measuring.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut devices = Vec::new();
+    for t in tasks {
+        if let Ok(d) = t.await {
+            devices.push(d);
+        }
+    }
+    devices
+}
+
+fn report(
+    args: &Args,
+    scenario: &str,
+    extra: serde_json::Value,
+    stats: &Stats,
+    secs: f64,
+    written: Option<u64>,
+) {
+    let h = stats.latency.lock().unwrap();
+    let h = h.as_ref().unwrap();
+    let accepted = stats.accepted.load(Ordering::Relaxed);
+    let mut v = serde_json::json!({
+        "scenario": scenario,
+        "label": args.label,
+        "accepted_per_s": (accepted as f64 / secs).round(),
+        "refused": stats.refused.load(Ordering::Relaxed),
+        "deliveries_per_s": (stats.deliveries.load(Ordering::Relaxed) as f64 / secs).round(),
+        "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": h.max() as f64 / 1000.0,
+        "disk_bytes_per_msg": written.map(|w| if accepted > 0 { w / accepted } else { 0 }),
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        for (k, x) in e {
+            o.insert(k.clone(), x.clone());
+        }
+    }
+    println!("{v}");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut chat = courier_chat::ChatConfig::default();
+    chat.tokens.secret_file = Some(args.secret.clone());
+    let ctx = Ctx {
+        host: args.host.clone(),
+        port: args.port,
+        tokens: courier_chat::load_tokens(&chat)?,
+    };
+    // Users unique to this run, so runs on one data directory do not mix.
+    let run = format!("r{}x{}", std::process::id(), epoch_ns() % 1_000_000);
+    let stats = Stats::new();
+    match args.scenario.clone() {
+        Scenario::Direct { pairs, flow } => {
+            let mut senders = Vec::new();
+            let mut receivers = Vec::new();
+            for i in 0..pairs {
+                let (a, b) = (format!("{run}a{i}"), format!("{run}b{i}"));
+                receivers.push(ctx.device(&b, "phone", &stats).await?);
+                let d = ctx.device(&a, "phone", &stats).await?;
+                senders.push(Sender {
+                    device: d,
+                    conv: String::new(),
+                    to_user: b,
+                });
+            }
+            let w0 = written_bytes(args.pid);
+            let devices = drive(senders, flow, &stats).await;
+            let w1 = written_bytes(args.pid);
+            let written = w0.zip(w1).map(|(a, b)| b - a);
+            report(
+                &args,
+                "direct",
+                serde_json::json!({"pairs": pairs, "rate": flow.rate}),
+                &stats,
+                flow.duration,
+                written,
+            );
+            for d in devices.into_iter().chain(receivers) {
+                d.close().await;
+            }
+        }
+        Scenario::Group {
+            size,
+            groups,
+            offline,
+            flow,
+        } => {
+            let mut senders = Vec::new();
+            let mut online = Vec::new();
+            for g in 0..groups {
+                let users: Vec<String> = (0..size).map(|m| format!("{run}g{g}m{m}")).collect();
+                let offline_n = ((size - 1) as f64 * offline).round() as usize;
+                for (m, u) in users.iter().enumerate().skip(1) {
+                    let d = ctx.device(u, "phone", &stats).await?;
+                    if m <= offline_n {
+                        d.close().await;
+                    } else {
+                        online.push(d);
+                    }
+                }
+                let mut creator = ctx.device(&users[0], "phone", &stats).await?;
+                let r = creator
+                    .request(Op::CreateGroup(proto::CreateGroup {
+                        name: format!("g{g}"),
+                        members: users[1..].to_vec(),
+                    }))
+                    .await?;
+                let conv = match r.result {
+                    Some(proto::response::Result::Conversation(c)) => {
+                        c.conversation.map(|c| c.id).unwrap_or_default()
+                    }
+                    _ => bail!("no conversation"),
+                };
+                senders.push(Sender {
+                    device: creator,
+                    conv,
+                    to_user: String::new(),
+                });
+            }
+            let w0 = written_bytes(args.pid);
+            let devices = drive(senders, flow, &stats).await;
+            let w1 = written_bytes(args.pid);
+            let written = w0.zip(w1).map(|(a, b)| b - a);
+            report(
+                &args,
+                "group",
+                serde_json::json!({"size": size, "groups": groups, "offline": offline, "rate": flow.rate}),
+                &stats,
+                flow.duration,
+                written,
+            );
+            for d in devices.into_iter().chain(online) {
+                d.close().await;
+            }
+        }
+        Scenario::Catchup { messages } => {
+            let (a, b) = (format!("{run}a"), format!("{run}b"));
+            ctx.device(&b, "phone", &stats).await?.close().await;
+            let sender = ctx.device(&a, "phone", &stats).await?;
+            stats.measuring.store(true, Ordering::Relaxed);
+            for i in 0..messages as u64 {
+                sender.send("", &b, i + 1, 32).await?;
+            }
+            let t = Instant::now();
+            while stats.accepted.load(Ordering::Relaxed) < messages as u64 {
+                if t.elapsed() > Duration::from_secs(120) {
+                    bail!("sends not acknowledged");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stats.measuring.store(false, Ordering::Relaxed);
+            // The conversation's creation is one more entry.
+            let want = messages as u64 + 1;
+            let start = Instant::now();
+            let receiver = ctx.device(&b, "phone", &stats).await?;
+            while receiver.entries.load(Ordering::Relaxed) < want {
+                if start.elapsed() > Duration::from_secs(120) {
+                    bail!("catch-up incomplete");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"scenario": "catchup", "label": args.label, "messages": messages, "catchup_s": (secs * 1000.0).round() / 1000.0})
+            );
+            receiver.close().await;
+            sender.close().await;
+        }
+    }
+    Ok(())
+}
