@@ -51,7 +51,9 @@ flow=(--duration "$DURATION" --warmup "$WARMUP")
       "${lg[@]}" --label raw-pairs pairs --pairs "$PAIRS" --persistent "${flow[@]}"
     fi
   done
-  # Latency at 10,000 deliveries/s (1:1: one delivery per message).
+  # Latency at 1,000 and 10,000 deliveries/s (1:1: one delivery per message).
+  "${cl[@]}" --label chat-direct-1k direct --pairs "$PAIRS" --rate 1000 "${flow[@]}"
+
   rate=10000; [ "$QUICK" = 1 ] && rate=100
   "${cl[@]}" --label chat-direct-fixed direct --pairs "$PAIRS" --rate "$rate" "${flow[@]}"
   # Groups: 30% of each group's devices offline.

@@ -386,3 +386,22 @@ async fn a_revoked_device_is_disconnected_at_once_and_refused_after() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_whose_token_expires_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    // Expires in 2 s (the broker's clock is the wall clock here).
+    let short = s
+        .running
+        .chat
+        .tokens()
+        .mint("alice", "phone", now(), 2)
+        .unwrap();
+    let mut phone = Phone::connect_with(s.addr(), "alice", "phone", &short).await;
+    assert_eq!(
+        phone.until_closed().await,
+        Some(DisconnectReasonCode::NotAuthorized)
+    );
+    s.stop().await;
+}

@@ -1,5 +1,5 @@
-//! Load generator for the chat protocol: chat devices (MQTT 5, rumqttc,
-//! explicit acknowledgements) in direct conversations or groups, sending
+//! Load generator for the chat protocol: chat devices (MQTT 5 over raw
+//! sockets with rumqttc's codec, explicit acknowledgements) in direct conversations or groups, sending
 //! at a fixed or an open rate. Prints one JSON line per run: messages
 //! accepted (PUBACKed) per second, deliveries per second, send-to-delivery
 //! latency, disk bytes written per message (from /proc/<pid>/io of the
@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use courier_chat::proto::{self, down, request::Op};
 use hdrhistogram::Histogram;
 use prost::Message as _;
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Login, Packet, PubAck,
+    PubAckReason, Publish, PublishProperties,
+};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -112,9 +115,12 @@ impl Stats {
     }
 }
 
-/// A connected chat device: its client, and its responses.
+/// A connected chat device: a raw MQTT 5 connection driven by one task
+/// (packets from rumqttc's codec), so the load generator adds as little
+/// latency as it can: each packet is written at once, each delivery
+/// acknowledged as soon as it is counted.
 struct Device {
-    client: AsyncClient,
+    out: mpsc::UnboundedSender<Packet>,
     user: String,
     device: String,
     responses: mpsc::UnboundedReceiver<proto::Response>,
@@ -122,6 +128,7 @@ struct Device {
     entries: Arc<AtomicU64>,
     /// Sends not yet acknowledged that this device may still make.
     window: Arc<tokio::sync::Semaphore>,
+    next_pkid: std::sync::atomic::AtomicU32,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,95 +141,163 @@ struct Ctx {
     tokens: courier_chat::Tokens,
 }
 
+fn write(p: &Packet, buf: &mut BytesMut) {
+    // Packets built here are valid; a failure would only mean an empty write.
+    let _ = p.write(buf, None);
+}
+
 impl Ctx {
     async fn device(&self, user: &str, device: &str, stats: &Arc<Stats>) -> anyhow::Result<Device> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let id = courier_chat::topics::client_id(user, device);
-        let mut o = MqttOptions::new(id.clone(), self.host.clone(), self.port);
         let token = self
             .tokens
             .mint(user, device, courier::message::unix_now(), 3600)?;
-        o.set_credentials("", token);
-        o.set_manual_acks(true);
-        o.set_clean_start(true);
-        o.set_keep_alive(Duration::from_secs(60));
-        o.set_max_packet_size(Some(1 << 20));
-        let (client, mut el) = AsyncClient::new(o, 256);
-        // Wait for the CONNACK before anything else.
+        let mut sock = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        sock.set_nodelay(true)?;
+        let connect = Packet::Connect(
+            Connect {
+                keep_alive: 60,
+                client_id: id.clone(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            Some(Login::new("", token)),
+        );
+        let mut buf = BytesMut::new();
+        write(&connect, &mut buf);
+        sock.write_all(&buf).await?;
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
         loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                Ok(_) => {}
+            match Packet::read(&mut rbuf, None) {
+                Ok(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => break,
+                Ok(other) => bail!("{id}: {other:?}"),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                    if sock.read_buf(&mut rbuf).await? == 0 {
+                        bail!("{id}: closed");
+                    }
+                }
                 Err(e) => bail!("{id}: {e}"),
             }
         }
         let (tx, responses) = mpsc::unbounded_channel();
+        let (out, mut outgoing) = mpsc::unbounded_channel::<Packet>();
         let entries = Arc::new(AtomicU64::new(0));
         let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
-        let (stats, count, c, w) = (
-            stats.clone(),
-            entries.clone(),
-            client.clone(),
-            window.clone(),
-        );
+        let (stats, count, w) = (stats.clone(), entries.clone(), window.clone());
         let task = tokio::spawn(async move {
+            let mut wbuf = BytesMut::new();
             loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let now = epoch_ns();
-                        match proto::Down::decode(p.payload.clone()).map(|d| d.kind) {
-                            Ok(Some(down::Kind::Entry(e))) => {
-                                count.fetch_add(1, Ordering::Relaxed);
-                                if let Some(proto::entry::Kind::Content(body)) = e.kind {
-                                    if stats.measuring.load(Ordering::Relaxed)
-                                        && body.body.len() >= 8
-                                    {
-                                        let sent = u64::from_be_bytes(
-                                            body.body[..8].try_into().unwrap_or_default(),
-                                        );
-                                        let us = now.saturating_sub(sent) / 1000;
-                                        stats.deliveries.fetch_add(1, Ordering::Relaxed);
-                                        if let Some(h) = stats.latency.lock().unwrap().as_mut() {
-                                            let _ = h.record(us.max(1));
+                // Everything decodable first.
+                loop {
+                    match Packet::read(&mut rbuf, None) {
+                        Ok(Packet::Publish(p)) => {
+                            let now = epoch_ns();
+                            match proto::Down::decode(p.payload.clone()).map(|d| d.kind) {
+                                Ok(Some(down::Kind::Entry(e))) => {
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                    if let Some(proto::entry::Kind::Content(body)) = e.kind {
+                                        if stats.measuring.load(Ordering::Relaxed)
+                                            && body.body.len() >= 8
+                                        {
+                                            let sent = u64::from_be_bytes(
+                                                body.body[..8].try_into().unwrap_or_default(),
+                                            );
+                                            stats.deliveries.fetch_add(1, Ordering::Relaxed);
+                                            if let Some(h) = stats.latency.lock().unwrap().as_mut()
+                                            {
+                                                let _ = h.record(
+                                                    (now.saturating_sub(sent) / 1000).max(1),
+                                                );
+                                            }
                                         }
                                     }
                                 }
+                                Ok(Some(down::Kind::Response(r))) => {
+                                    let _ = tx.send(r);
+                                }
+                                _ => {}
                             }
-                            Ok(Some(down::Kind::Response(r))) => {
-                                let _ = tx.send(r);
-                            }
-                            _ => {}
-                        }
-                        // Acknowledged once "stored": here, once counted.
-                        let _ = c.ack(&p).await;
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(a))) => {
-                        w.add_permits(1);
-                        if stats.measuring.load(Ordering::Relaxed) {
-                            if a.reason == PubAckReason::Success {
-                                stats.accepted.fetch_add(1, Ordering::Relaxed);
-                            } else {
-                                stats.refused.fetch_add(1, Ordering::Relaxed);
+                            if p.qos == QoS::AtLeastOnce {
+                                write(&Packet::PubAck(PubAck::new(p.pkid, None)), &mut wbuf);
                             }
                         }
+                        Ok(Packet::PubAck(a)) => {
+                            w.add_permits(1);
+                            if stats.measuring.load(Ordering::Relaxed) {
+                                if a.reason == PubAckReason::Success {
+                                    stats.accepted.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Ok(Packet::Disconnect(_)) => return,
+                        Ok(_) => {}
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => break,
+                        Err(_) => return,
                     }
-                    Ok(_) => {}
-                    Err(_) => return,
+                }
+                if !wbuf.is_empty() {
+                    if sock.write_all(&wbuf).await.is_err() {
+                        return;
+                    }
+                    wbuf.clear();
+                }
+                tokio::select! {
+                    r = sock.read_buf(&mut rbuf) => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    p = outgoing.recv() => match p {
+                        Some(p) => {
+                            write(&p, &mut wbuf);
+                            while let Ok(p) = outgoing.try_recv() {
+                                write(&p, &mut wbuf);
+                            }
+                            let last_is_disconnect = matches!(p, Packet::Disconnect(_));
+                            if sock.write_all(&wbuf).await.is_err() || last_is_disconnect {
+                                return;
+                            }
+                            wbuf.clear();
+                        }
+                        None => return,
+                    },
                 }
             }
         });
         Ok(Device {
-            client,
+            out,
             user: user.into(),
             device: device.into(),
             responses,
             entries,
             window,
+            next_pkid: std::sync::atomic::AtomicU32::new(0),
             task,
         })
     }
 }
 
 impl Device {
+    fn pkid(&self) -> u16 {
+        (self.next_pkid.fetch_add(1, Ordering::Relaxed) % 65535 + 1) as u16
+    }
+
+    fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        props: Option<PublishProperties>,
+    ) -> anyhow::Result<()> {
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, payload, props);
+        p.pkid = self.pkid();
+        self.out
+            .send(Packet::Publish(p))
+            .map_err(|_| anyhow::anyhow!("connection closed"))
+    }
+
     async fn request(&mut self, op: Op) -> anyhow::Result<proto::Response> {
         let props = PublishProperties {
             response_topic: Some(courier_chat::topics::inbox(&self.user, &self.device)),
@@ -230,15 +305,8 @@ impl Device {
             ..Default::default()
         };
         let req = proto::Request { op: Some(op) }.encode_to_vec();
-        self.client
-            .publish_with_properties(
-                courier_chat::topics::REQUEST,
-                QoS::AtLeastOnce,
-                false,
-                req,
-                props,
-            )
-            .await?;
+        self.window.acquire().await?.forget();
+        self.publish(courier_chat::topics::REQUEST, req, Some(props))?;
         let r = tokio::time::timeout(Duration::from_secs(30), self.responses.recv())
             .await
             .context("no response")?
@@ -262,19 +330,13 @@ impl Device {
                 body: b,
             }),
         };
-        self.client
-            .publish(
-                courier_chat::topics::SEND,
-                QoS::AtLeastOnce,
-                false,
-                m.encode_to_vec(),
-            )
-            .await?;
-        Ok(())
+        self.publish(courier_chat::topics::SEND, m.encode_to_vec(), None)
     }
 
     async fn close(self) {
-        let _ = self.client.disconnect().await;
+        let _ = self.out.send(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
@@ -305,7 +367,14 @@ async fn drive(senders: Vec<Sender>, flow: Flow, stats: &Arc<Stats>) -> Vec<Devi
     for (k, s) in senders.into_iter().enumerate() {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let mut next = tokio::time::Instant::now();
+            // Staggered, so the senders are not in phase (one burst of all
+            // of them at each tick would measure the burst, not the path).
+            let offset = if flow.rate > 0.0 {
+                k as f64 / flow.rate
+            } else {
+                0.0
+            };
+            let mut next = tokio::time::Instant::now() + Duration::from_secs_f64(offset);
             let mut i = (k as u64) << 32;
             while !stop.load(Ordering::Relaxed) {
                 if per_sender > 0.0 {
@@ -358,7 +427,7 @@ fn report(
         "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,
         "p99_ms": h.value_at_quantile(0.99) as f64 / 1000.0,
         "max_ms": h.max() as f64 / 1000.0,
-        "disk_bytes_per_msg": written.map(|w| if accepted > 0 { w / accepted } else { 0 }),
+        "disk_bytes_per_msg": written.map(|w| w.checked_div(accepted).unwrap_or(0)),
     });
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         for (k, x) in e {
