@@ -296,6 +296,26 @@ impl Config {
         Ok((cfg, other))
     }
 
+    /// The command line's overrides: `listen` (if any) replaces the
+    /// listeners with plain TCP ones; `data_dir` replaces the data
+    /// directory.
+    pub fn override_from_cli(&mut self, listen: &[String], data_dir: Option<PathBuf>) {
+        if !listen.is_empty() {
+            self.listeners = listen
+                .iter()
+                .map(|a| ListenerConfig {
+                    kind: ListenerKind::Tcp,
+                    bind: a.clone(),
+                    cert: None,
+                    key: None,
+                })
+                .collect();
+        }
+        if let Some(d) = data_dir {
+            self.data_dir = d;
+        }
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;

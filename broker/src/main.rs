@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use courier::config::{Config, ListenerConfig, ListenerKind};
+use courier::config::Config;
 use courier::Server;
 
 #[derive(Parser)]
@@ -29,14 +29,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        // Logs on stderr; stdout carries only the "listening" lines.
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    courier::server::init_logging();
     let mut config = match &cli.config {
         Some(p) => {
             let (c, chat) = Config::load_split(p, "chat")
@@ -48,21 +41,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => Config::default(),
     };
-    if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .map(|a| ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: a.clone(),
-                cert: None,
-                key: None,
-            })
-            .collect();
-    }
-    if let Some(d) = cli.data_dir {
-        config.data_dir = d;
-    }
+    config.override_from_cli(&cli.listen, cli.data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -176,3 +176,15 @@ pub async fn terminated() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Logs to stderr (stdout carries only the "listening" lines that tools
+/// wait for), at the level `RUST_LOG` says (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use courier::auth::{PasswordFile, DEFAULT_ITERATIONS};
-use courier::config::{Config, ListenerConfig, ListenerKind};
+use courier::config::{Config, ListenerKind};
 use courier_chat::ChatConfig;
 
 #[derive(Parser)]
@@ -305,29 +305,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Token { user, device, ttl }) => return token(&chat, &user, &device, ttl),
         None => {}
     }
-    tracing_subscriber::fmt()
-        // Logs on stderr; stdout carries only the "listening" lines.
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .map(|a| ListenerConfig {
-                kind: ListenerKind::Tcp,
-                bind: a.clone(),
-                cert: None,
-                key: None,
-            })
-            .collect();
-    }
-    if let Some(d) = cli.data_dir {
-        config.data_dir = d;
-    }
+    courier::server::init_logging();
+    config.override_from_cli(&cli.listen, cli.data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
