@@ -30,3 +30,14 @@ bad = [r for r in rows if r.get("lost", 0) or r.get("failed", 0)]
 assert not bad, bad
 print(f"smoke: {len(rows)} passed, 0 failed")
 PY
+# The chat load generator too, tiny, on a debug build of its own broker.
+BUILD=debug QUICK=1 timeout 300 benches/chat.sh | tee "$work/chat.jsonl"
+python3 - "$work/chat.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+chat = [r for r in rows if str(r.get("label", "")).startswith("chat-")]
+assert len(chat) == 6, rows
+bad = [r for r in chat if r.get("refused", 0) or (r["scenario"] != "catchup" and not r["deliveries_per_s"])]
+assert not bad, bad
+print(f"chat smoke: {len(chat)} passed, 0 failed")
+PY
