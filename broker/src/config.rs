@@ -296,26 +296,6 @@ impl Config {
         Ok((cfg, other))
     }
 
-    /// The command line's overrides: `listen` (if any) replaces the
-    /// listeners with plain TCP ones; `data_dir` replaces the data
-    /// directory.
-    pub fn override_from_cli(&mut self, listen: &[String], data_dir: Option<PathBuf>) {
-        if !listen.is_empty() {
-            self.listeners = listen
-                .iter()
-                .map(|a| ListenerConfig {
-                    kind: ListenerKind::Tcp,
-                    bind: a.clone(),
-                    cert: None,
-                    key: None,
-                })
-                .collect();
-        }
-        if let Some(d) = data_dir {
-            self.data_dir = d;
-        }
-    }
-
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
@@ -385,5 +365,48 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}
+
+/// What a binary running the broker takes from its command line (both the
+/// `courier` and the `courier-mqtt` binaries flatten it into theirs).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CliArgs {
+    /// Configuration file (TOML). Without it, built-in defaults apply.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Plain TCP listener address; repeatable; replaces configured listeners.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Data directory; overrides the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl CliArgs {
+    /// The configuration file's (or the defaults) with the command line's
+    /// overrides, and the file's table `section`, unread (see
+    /// [`Config::load_split`]).
+    pub fn load(&self, section: &str) -> Result<(Config, Option<toml::Value>), ConfigError> {
+        let (mut config, other) = match &self.config {
+            Some(p) => Config::load_split(p, section)?,
+            None => (Config::default(), None),
+        };
+        if !self.listen.is_empty() {
+            config.listeners = self
+                .listen
+                .iter()
+                .map(|a| ListenerConfig {
+                    kind: ListenerKind::Tcp,
+                    bind: a.clone(),
+                    cert: None,
+                    key: None,
+                })
+                .collect();
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        Ok((config, other))
     }
 }

@@ -153,6 +153,20 @@ impl Server {
     }
 }
 
+/// What a binary does once its server is up: prints the "listening"
+/// lines tools wait for, runs until SIGINT or SIGTERM, then shuts down and
+/// flushes the store.
+pub async fn serve_until_terminated(server: &mut Server) -> Result<(), SyncFailed> {
+    for (kind, addr) in &server.addrs {
+        println!("courier listening {kind:?} {addr}");
+    }
+    terminated().await;
+    tracing::info!("shutting down");
+    server.shutdown().await?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
 /// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere): when a binary running
 /// the broker should shut it down.
 pub async fn terminated() {

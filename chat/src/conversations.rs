@@ -102,21 +102,12 @@ impl Chat {
         members: Vec<String>,
         name: String,
     ) -> Result<u64, ChatError> {
-        self.broker()?.logs().append(
-            DIRECTORY,
-            vec![NewRecord {
-                id: None,
-                data: records::encode(&DirRecord::Conversation {
-                    id: id.to_owned(),
-                    kind,
-                }),
-            }],
-            None,
-        )?;
-        d.apply(&DirRecord::Conversation {
+        let rec = DirRecord::Conversation {
             id: id.to_owned(),
             kind,
-        });
+        };
+        self.dir_append(std::slice::from_ref(&rec))?;
+        d.apply(&rec);
         self.change(d, id, actor, Action::Created, members, name)
     }
 
@@ -152,24 +143,14 @@ impl Chat {
                 name,
             },
         };
-        let rec = DirRecord::Change {
+        // Not applied yet: the entry is appended after the last one first.
+        self.dir_append(&[DirRecord::Change {
             conversation: conv.to_owned(),
             seq,
-            entry,
-        };
-        self.broker()?.logs().append(
-            DIRECTORY,
-            vec![NewRecord {
-                id: None,
-                data: records::encode(&rec),
-            }],
-            None,
-        )?;
-        let DirRecord::Change { entry, .. } = &rec else {
-            return Err(ChatError::Unavailable("unreachable".into()));
-        };
-        let (got, _) = self.append_entry(d, conv, entry, None, &recipients)?;
-        d.apply_change(conv, got, entry);
+            entry: entry.clone(),
+        }])?;
+        let (got, _) = self.append_entry(d, conv, &entry, None, &recipients)?;
+        d.apply_change(conv, got, &entry);
         Ok(got)
     }
 

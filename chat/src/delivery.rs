@@ -161,8 +161,10 @@ impl Deliveries {
                 },
             );
             self.refill(&id);
-        } else if let Some(p) = self.pumps.remove(&id) {
-            self.save(&p);
+        } else if let Some(mut p) = self.pumps.remove(&id) {
+            if let Ok(b) = self.chat.broker() {
+                Self::save(&b, &mut p);
+            }
             if let Some(list) = self.devices.get_mut(&p.user) {
                 list.retain(|c| *c != id);
                 if list.is_empty() {
@@ -244,6 +246,12 @@ impl Deliveries {
 
     fn done(p: &mut Pump, inbox_seq: u64) {
         p.outstanding.remove(&inbox_seq);
+        Self::advance(p);
+    }
+
+    /// Moves the cursor up to the first entry still outstanding, or to
+    /// everything taken from `ready` if none is.
+    fn advance(p: &mut Pump) {
         let upto = match p.outstanding.keys().next() {
             Some(first) => first - 1,
             None => p.taken,
@@ -288,15 +296,14 @@ impl Deliveries {
             };
             let (inbox_seq, conv, seq, payload) = match item {
                 Ready::Skip(s) => {
+                    // Needs no sending: as if acknowledged.
                     p.taken = s;
-                    Self::done_unsent(p, s);
+                    Self::advance(p);
                     continue;
                 }
                 Ready::Gap(lost, first) => {
                     p.taken = first - 1;
-                    if p.outstanding.is_empty() {
-                        p.cursor = p.cursor.max(p.taken);
-                    }
+                    Self::advance(p);
                     tracing::info!(client_id = %id, lost, "chat: inbox gap");
                     let down = proto::Down {
                         kind: Some(proto::down::Kind::Gap(proto::Gap { lost })),
@@ -433,18 +440,13 @@ impl Deliveries {
         !p.ready.is_empty()
     }
 
-    /// An inbox entry that needs no sending counts as acknowledged.
-    fn done_unsent(p: &mut Pump, inbox_seq: u64) {
-        p.outstanding.insert(inbox_seq, (String::new(), 0));
-        Self::done(p, inbox_seq);
-    }
-
-    fn save(&self, p: &Pump) {
+    /// Saves `p`'s cursor if it moved (durable with the next commit).
+    fn save(broker: &courier::Broker, p: &mut Pump) {
         if p.cursor > p.saved {
-            if let Ok(b) = self.chat.broker() {
-                b.logs()
-                    .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
-            }
+            broker
+                .logs()
+                .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
+            p.saved = p.cursor;
         }
     }
 
@@ -455,12 +457,7 @@ impl Deliveries {
             return;
         };
         for p in self.pumps.values_mut() {
-            if p.cursor > p.saved {
-                broker
-                    .logs()
-                    .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
-                p.saved = p.cursor;
-            }
+            Self::save(&broker, p);
         }
         if self.dirty.is_empty() {
             return;
@@ -514,14 +511,7 @@ impl Deliveries {
             let down = proto::Down {
                 kind: Some(proto::down::Kind::Receipts(proto::Receipts { receipts })),
             };
-            let msg = Message {
-                topic: topics::inbox(&p.user, &p.device),
-                payload: Bytes::from(down.encode_to_vec()),
-                qos: 1,
-                retain: false,
-                expires_at: None,
-                props: None,
-            };
+            let msg = inbox_message(p, Bytes::from(down.encode_to_vec()));
             if broker.deliver(&id, msg, false, None).is_ok() {
                 self.chat.metrics.inc(&self.chat.metrics.receipts, 1);
             }

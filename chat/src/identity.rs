@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use courier::hooks::{
     AuthDecision, AuthRequest, ClientInfo, HookFuture, Hooks, Principal, SubscribeDecision,
 };
-use courier::logs::NewRecord;
 
-use crate::records::{self, inbox_log, DirRecord, DIRECTORY};
+use crate::records::{inbox_log, DirRecord};
 use crate::{topics, Chat};
 
 /// Recent failed logins from one address.
@@ -264,15 +263,8 @@ impl Chat {
             user: user.to_owned(),
             device: device.to_owned(),
         });
-        let new: Vec<NewRecord> = recs
-            .iter()
-            .map(|r| NewRecord {
-                id: None,
-                data: records::encode(r),
-            })
-            .collect();
         let unavailable = |e: String| (format!("store: {e}"), AuthDecision::NotAuthorized);
-        logs.append(DIRECTORY, new, None)
+        self.dir_append(&recs)
             .map_err(|e| unavailable(e.to_string()))?;
         let inbox = inbox_log(user);
         let last = logs.last(&inbox).map_err(|e| unavailable(e.to_string()))?;

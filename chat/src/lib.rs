@@ -223,6 +223,22 @@ impl Chat {
             .ok_or_else(|| ChatError::Unavailable("the broker is shut down".into()))
     }
 
+    /// Writes `recs` to the directory log (the caller applies them to the
+    /// directory, under its lock, once written).
+    fn dir_append(&self, recs: &[records::DirRecord]) -> Result<(), ChatError> {
+        let new = recs
+            .iter()
+            .map(|r| courier::logs::NewRecord {
+                id: None,
+                data: records::encode(r),
+            })
+            .collect();
+        self.broker()?
+            .logs()
+            .append(records::DIRECTORY, new, None)?;
+        Ok(())
+    }
+
     /// Counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -2,12 +2,12 @@
 //! tools that go with it (password file, access tokens).
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use courier::auth::{PasswordFile, DEFAULT_ITERATIONS};
-use courier::config::{Config, ListenerKind};
+use courier::config::{CliArgs, Config, ListenerKind};
 use courier_chat::ChatConfig;
 
 #[derive(Parser)]
@@ -17,15 +17,8 @@ use courier_chat::ChatConfig;
     about = "Courier: MQTT broker and chat backend"
 )]
 struct Cli {
-    /// Configuration file (TOML). Without it, built-in defaults apply.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// Plain TCP listener address; repeatable; replaces configured listeners.
-    #[arg(long)]
-    listen: Vec<String>,
-    /// Data directory; overrides the configuration.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: CliArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -141,16 +134,11 @@ fn passwd(
     Ok(())
 }
 
-fn load(path: Option<&Path>) -> anyhow::Result<(Config, ChatConfig)> {
-    let Some(p) = path else {
-        return Ok((Config::default(), ChatConfig::default()));
-    };
-    let (config, chat) =
-        Config::load_split(p, "chat").with_context(|| format!("loading {}", p.display()))?;
+/// The broker's configuration and the chat layer's `[chat]` section.
+fn load(args: &CliArgs) -> anyhow::Result<(Config, ChatConfig)> {
+    let (config, chat) = args.load("chat").context("loading the configuration")?;
     let chat = match chat {
-        Some(v) => v
-            .try_into()
-            .with_context(|| format!("loading [chat] of {}", p.display()))?,
+        Some(v) => v.try_into().context("loading [chat]")?,
         None => ChatConfig::default(),
     };
     Ok((config, chat))
@@ -292,7 +280,7 @@ fn admin(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mut config, chat) = load(cli.config.as_deref())?;
+    let (config, chat) = load(&cli.run)?;
     match cli.command {
         Some(Command::Admin { server, op }) => return admin(&config, &chat, server, op),
         Some(Command::Passwd {
@@ -306,20 +294,12 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     courier::server::init_logging();
-    config.override_from_cli(&cli.listen, cli.data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let mut running = courier_chat::start(config, chat).await?;
-        for (kind, addr) in &running.server.addrs {
-            // A line tools and tests can wait for.
-            println!("courier listening {kind:?} {addr}");
-        }
-        courier::server::terminated().await;
-        tracing::info!("shutting down");
-        running.server.shutdown().await?;
-        tracing::info!("store flushed; bye");
+        courier::server::serve_until_terminated(&mut running.server).await?;
         Ok(())
     })
 }

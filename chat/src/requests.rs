@@ -27,6 +27,22 @@ const MAX_PAGE: usize = 200;
 /// Entries a history page returns if the request names no limit.
 const DEFAULT_PAGE: usize = 50;
 
+fn group_full(max: usize) -> ChatError {
+    ChatError::LimitReached(format!("a group has at most {max} members"))
+}
+
+/// `user`'s devices as the protocol lists them.
+fn devices_of(broker: &Broker, user: &str, u: &crate::directory::User) -> Vec<proto::Device> {
+    u.devices
+        .iter()
+        .map(|(id, dev)| proto::Device {
+            id: id.clone(),
+            revoked: dev.revoked,
+            online: broker.is_connected(&topics::client_id(user, id)),
+        })
+        .collect()
+}
+
 /// The chat namespace's [`Namespace`] handler.
 pub(crate) struct Handler(pub Arc<Chat>);
 
@@ -129,6 +145,15 @@ struct Done {
 }
 
 impl Done {
+    /// Accepted, with an empty response.
+    fn ok() -> Done {
+        Done {
+            reply: Reply::success(),
+            response: Some(proto::Response::default()),
+            woken: Vec::new(),
+        }
+    }
+
     fn answer(result: proto::response::Result) -> Done {
         Done {
             reply: Reply::success(),
@@ -264,7 +289,7 @@ impl Chat {
                     hash: hash.as_ref().to_vec(),
                 };
                 let mut d = self.dir.lock();
-                self.dir_append(&rec)?;
+                self.dir_append(std::slice::from_ref(&rec))?;
                 d.apply(&rec);
                 Ok(Done::answer(R::Token(proto::Token {
                     access_token: String::new(),
@@ -280,10 +305,7 @@ impl Chat {
                     }
                 }
                 if members.len() > self.config.max_group_members {
-                    return Err(ChatError::LimitReached(format!(
-                        "a group has at most {} members",
-                        self.config.max_group_members
-                    )));
+                    return Err(group_full(self.config.max_group_members));
                 }
                 let mut d = self.dir.lock();
                 if let Some(m) = members.iter().find(|m| !d.users.contains_key(*m)) {
@@ -317,10 +339,7 @@ impl Chat {
                     return self.info_done(&d, &a.conversation, user, Vec::new());
                 }
                 if c.members.len() >= self.config.max_group_members {
-                    return Err(ChatError::LimitReached(format!(
-                        "a group has at most {} members",
-                        self.config.max_group_members
-                    )));
+                    return Err(group_full(self.config.max_group_members));
                 }
                 if !d.users.contains_key(&a.user) {
                     return Err(ChatError::UnknownUser(a.user));
@@ -394,11 +413,7 @@ impl Chat {
                         });
                     }
                 }
-                Ok(Done {
-                    reply: Reply::success(),
-                    response: Some(proto::Response::default()),
-                    woken: Vec::new(),
-                })
+                Ok(Done::ok())
             }
             Op::ListConversations(l) => {
                 let d = self.dir.lock();
@@ -436,33 +451,14 @@ impl Chat {
                 })))
             }
             Op::ListDevices(_) => {
+                let broker = self.broker()?;
                 let d = self.dir.lock();
                 let devices = d
                     .users
                     .get(user)
-                    .map(|u| {
-                        u.devices
-                            .iter()
-                            .map(|(id, dev)| proto::Device {
-                                id: id.clone(),
-                                revoked: dev.revoked,
-                                online: false,
-                            })
-                            .collect()
-                    })
+                    .map(|u| devices_of(&broker, user, u))
                     .unwrap_or_default();
-                let mut done = Done::answer(R::Devices(proto::Devices { devices }));
-                if let Some(proto::Response {
-                    result: Some(R::Devices(ds)),
-                    ..
-                }) = &mut done.response
-                {
-                    let broker = self.broker()?;
-                    for dev in &mut ds.devices {
-                        dev.online = broker.is_connected(&topics::client_id(user, &dev.id));
-                    }
-                }
-                Ok(done)
+                Ok(Done::answer(R::Devices(proto::Devices { devices })))
             }
             Op::RevokeDevice(rd) => {
                 let d = self.dir.lock();
@@ -471,11 +467,7 @@ impl Chat {
                 }
                 drop(d);
                 self.revoke(user, &rd.device, device)?;
-                Ok(Done {
-                    reply: Reply::success(),
-                    response: Some(proto::Response::default()),
-                    woken: Vec::new(),
-                })
+                Ok(Done::ok())
             }
             Op::MessageReceipts(q) => {
                 let d = self.dir.lock();
@@ -501,18 +493,6 @@ impl Chat {
         }
     }
 
-    fn dir_append(&self, rec: &records::DirRecord) -> Result<(), ChatError> {
-        self.broker()?.logs().append(
-            records::DIRECTORY,
-            vec![courier::logs::NewRecord {
-                id: None,
-                data: records::encode(rec),
-            }],
-            None,
-        )?;
-        Ok(())
-    }
-
     /// Revokes `user`'s `device` (its tokens, refresh token included, are
     /// refused from now on) and disconnects it.
     fn revoke(&self, user: &str, device: &str, by: &str) -> Result<(), ChatError> {
@@ -522,7 +502,7 @@ impl Chat {
         };
         {
             let mut d = self.dir.lock();
-            self.dir_append(&rec)?;
+            self.dir_append(std::slice::from_ref(&rec))?;
             d.apply(&rec);
         }
         self.broker()?.disconnect(&topics::client_id(user, device));
@@ -570,7 +550,7 @@ impl Chat {
                         user: u.user.clone(),
                         disabled: u.disabled,
                     };
-                    self.dir_append(&rec)?;
+                    self.dir_append(std::slice::from_ref(&rec))?;
                     d.apply(&rec);
                     devices
                 };
@@ -585,11 +565,7 @@ impl Chat {
                     disabled = u.disabled,
                     "chat: user disabled or enabled by an administrator"
                 );
-                Ok(Done {
-                    reply: Reply::success(),
-                    response: Some(proto::Response::default()),
-                    woken: Vec::new(),
-                })
+                Ok(Done::ok())
             }
             A::ListUsers(_) => {
                 let broker = self.broker()?;
@@ -600,15 +576,7 @@ impl Chat {
                     .map(|(id, u)| proto::UserInfo {
                         id: id.clone(),
                         disabled: u.disabled,
-                        devices: u
-                            .devices
-                            .iter()
-                            .map(|(dev, s)| proto::Device {
-                                id: dev.clone(),
-                                revoked: s.revoked,
-                                online: broker.is_connected(&topics::client_id(id, dev)),
-                            })
-                            .collect(),
+                        devices: devices_of(&broker, id, u),
                     })
                     .collect();
                 users.sort_by(|a, b| a.id.cmp(&b.id));
@@ -622,11 +590,7 @@ impl Chat {
                     )));
                 }
                 self.revoke(&r.user, &r.device, topics::ADMIN_USER)?;
-                Ok(Done {
-                    reply: Reply::success(),
-                    response: Some(proto::Response::default()),
-                    woken: Vec::new(),
-                })
+                Ok(Done::ok())
             }
         }
     }

@@ -198,32 +198,32 @@ impl Tokens {
         now: u64,
         ttl_secs: u64,
     ) -> Result<String, TokenError> {
-        let (kid, key, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
-        let mut header = Header::new(Algorithm::HS256);
-        header.kid = Some(kid.clone());
-        let claims = Claims {
-            sub: user.to_owned(),
-            dev: device.to_owned(),
-            exp: now + ttl_secs,
-            iat: now,
-            aud: self.audience.clone(),
-            adm: false,
-        };
-        jsonwebtoken::encode(&header, &claims, key).map_err(|e| TokenError::Invalid(e.to_string()))
+        self.sign(user, device, now, ttl_secs, false)
     }
 
     /// An administrator's token for `courier admin`, valid `ttl_secs`.
     pub fn mint_admin(&self, name: &str, now: u64, ttl_secs: u64) -> Result<String, TokenError> {
+        self.sign(crate::topics::ADMIN_USER, name, now, ttl_secs, true)
+    }
+
+    fn sign(
+        &self,
+        sub: &str,
+        dev: &str,
+        now: u64,
+        ttl_secs: u64,
+        adm: bool,
+    ) -> Result<String, TokenError> {
         let (kid, key, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(kid.clone());
         let claims = Claims {
-            sub: crate::topics::ADMIN_USER.to_owned(),
-            dev: name.to_owned(),
+            sub: sub.to_owned(),
+            dev: dev.to_owned(),
             exp: now + ttl_secs,
             iat: now,
             aud: self.audience.clone(),
-            adm: true,
+            adm,
         };
         jsonwebtoken::encode(&header, &claims, key).map_err(|e| TokenError::Invalid(e.to_string()))
     }
