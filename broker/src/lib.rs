@@ -52,6 +52,7 @@ mod config_hooks;
 mod data_dir;
 mod keepalive;
 mod listener;
+mod staging;
 mod timers;
 
 pub use broker::Broker;

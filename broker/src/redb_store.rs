@@ -18,6 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::data_dir;
 use crate::message::Message;
+use crate::staging::{self, Staged, Staging};
 use crate::store::{
     LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
 };
@@ -25,8 +26,11 @@ use crate::store::{
 /// The data directory's format marker for this layout.
 /// Version 2 counts each shared message body's references (`MSG_REFS`),
 /// so start-up need not read every queue entry; a version 1 directory is
-/// refused.
-const FORMAT: &str = "courier-store/redb/2";
+/// refused. Version 3 stages named-log appends (`NSTAGE`); a version 2
+/// directory is upgraded at open (it gains the empty table).
+const FORMAT: &str = "courier-store/redb/3";
+/// The previous format, upgraded in place.
+const FORMAT_2: &str = "courier-store/redb/2";
 /// The database file inside the data directory.
 const DB_FILE: &str = "courier.redb";
 /// redb's page cache. Reads are session records and marks at start-up and
@@ -53,8 +57,12 @@ const NLOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("nlogs")
 const NIDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("nlog_ids");
 /// `(log, consumer) -> seq`.
 const NCURSORS: TableDefinition<(&str, &str), u64> = TableDefinition::new("nlog_cursors");
-/// `log -> last seq ever appended` (numbering goes on after a trim).
+/// `log -> last seq ever moved into NLOGS` (numbering goes on after a
+/// trim; staged records may be newer).
 const NHEADS: TableDefinition<&str, u64> = TableDefinition::new("nlog_heads");
+/// Named-log appends in commit order, before they move into `NLOGS`
+/// ([`crate::staging`]): `key -> (log, seq, id, time_ms, data)`.
+const NSTAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("nlog_staging");
 
 /// `META` key: every id handed out before the last commit is below it.
 const IDS_BELOW: &str = "ids_below";
@@ -76,6 +84,8 @@ pub struct RedbStore {
     /// A commit failed: the file's state is unknown until a restart
     /// repairs it, so nothing more is committed.
     failed: AtomicBool,
+    /// `NSTAGE` as committed, in memory.
+    staging: Staging,
 }
 
 fn io<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -98,16 +108,21 @@ impl RedbStore {
         data_dir::create(dir).map_err(|e| refuse(format!("cannot create it: {e}")))?;
         let file = dir.join(DB_FILE);
         let db = match data_dir::format(dir).map_err(|e| refuse(format!("cannot read it: {e}")))? {
-            Some(f) if f == FORMAT => {
+            Some(f) if f == FORMAT || f == FORMAT_2 => {
                 if !file.exists() {
                     return Err(refuse(format!(
                         "its FORMAT marker says {FORMAT} but {DB_FILE} is missing; \
                          restore it from a backup, or move the directory away to start empty"
                     )));
                 }
-                Self::builder()
+                let db = Self::builder()
                     .open(&file)
-                    .map_err(|e| refuse(format!("cannot open {DB_FILE}: {e}")))?
+                    .map_err(|e| refuse(format!("cannot open {DB_FILE}: {e}")))?;
+                if f == FORMAT_2 {
+                    Self::upgrade_from_2(dir, &db)
+                        .map_err(|e| refuse(format!("cannot upgrade it from {FORMAT_2}: {e}")))?;
+                }
+                db
             }
             Some(f) => {
                 return Err(refuse(format!(
@@ -125,12 +140,54 @@ impl RedbStore {
             let v = meta.get(IDS_BELOW).map_err(io)?.map(|g| g.value());
             v.unwrap_or(1).max(1)
         };
+        let staging = Staging::default();
+        staging.load(Self::staged(&db)?);
         Ok(Arc::new(RedbStore {
             db,
             next_id: AtomicU64::new(below),
             ids_committed: AtomicU64::new(below),
             failed: AtomicBool::new(false),
+            staging,
         }))
+    }
+
+    /// Version 2 had no staging table; adding the empty table is all the
+    /// upgrade there is.
+    fn upgrade_from_2(dir: &Path, db: &Database) -> StoreResult<()> {
+        let tx = db.begin_write().map_err(io)?;
+        tx.open_table(NSTAGE).map_err(io)?;
+        tx.commit().map_err(io)?;
+        data_dir::set_format(dir, FORMAT).map_err(|e| StoreError::Io(e.to_string()))?;
+        tracing::info!(path = %dir.display(), "store upgraded from {FORMAT_2} to {FORMAT}");
+        Ok(())
+    }
+
+    /// The staging table's records, in key order.
+    fn staged(db: &Database) -> StoreResult<Vec<Staged>> {
+        let r = db.begin_read().map_err(io)?;
+        let t = r.open_table(NSTAGE).map_err(io)?;
+        let mut logs: std::collections::HashMap<String, Arc<str>> = Default::default();
+        let mut out = Vec::new();
+        for kv in t.iter().map_err(io)? {
+            let (k, v) = kv.map_err(io)?;
+            let (log, seq, id, time_ms, data): (String, u64, Option<String>, u64, bytes::Bytes) =
+                postcard::from_bytes(v.value())?;
+            let name = logs
+                .entry(log)
+                .or_insert_with_key(|l| Arc::from(l.as_str()))
+                .clone();
+            out.push((
+                k.value(),
+                name,
+                LogRecord {
+                    seq,
+                    id,
+                    time_ms,
+                    data,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     fn builder() -> redb::Builder {
@@ -177,6 +234,7 @@ impl RedbStore {
             tx.open_table(NIDS).map_err(io)?;
             tx.open_table(NCURSORS).map_err(io)?;
             tx.open_table(NHEADS).map_err(io)?;
+            tx.open_table(NSTAGE).map_err(io)?;
             tx.open_table(META)
                 .map_err(io)?
                 .insert(IDS_BELOW, 1)
@@ -194,6 +252,7 @@ impl RedbStore {
 
     fn apply(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()> {
         let tx = self.db.begin_write().map_err(io)?;
+        let mut step = self.staging.step();
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
             let mut messages = tx.open_table(MESSAGES).map_err(io)?;
@@ -206,6 +265,13 @@ impl RedbStore {
             let mut nids = tx.open_table(NIDS).map_err(io)?;
             let mut ncursors = tx.open_table(NCURSORS).map_err(io)?;
             let mut nheads = tx.open_table(NHEADS).map_err(io)?;
+            let mut stage = tx.open_table(NSTAGE).map_err(io)?;
+            let mut named = Named {
+                logs: &mut nlogs,
+                ids: &mut nids,
+                heads: &mut nheads,
+                stage: &mut stage,
+            };
             for w in writes {
                 match w {
                     Write::PutSession(rec) => {
@@ -311,25 +377,27 @@ impl RedbStore {
                         retained.remove(topic.as_str()).map_err(io)?;
                     }
                     Write::LogAppend { log, records } => {
-                        let mut last = 0;
+                        let name: Arc<str> = Arc::from(log.as_str());
                         for r in records {
-                            let v = postcard::to_stdvec(&(&r.id, r.time_ms, &r.data))?;
-                            nlogs
-                                .insert((log.as_str(), r.seq), v.as_slice())
-                                .map_err(io)?;
-                            if let Some(id) = &r.id {
-                                nids.insert((log.as_str(), id.as_str()), r.seq)
-                                    .map_err(io)?;
-                            }
-                            last = r.seq;
+                            let key = step.key();
+                            let v = postcard::to_stdvec(&(log, r.seq, &r.id, r.time_ms, &r.data))?;
+                            named.stage.insert(key, v.as_slice()).map_err(io)?;
+                            step.stage(key, name.clone(), r.clone());
                         }
-                        nheads.insert(log.as_str(), last).map_err(io)?;
                     }
                     Write::LogTrim { log, upto } => {
                         let upto = *upto;
+                        // Its staged records join the log first, so the
+                        // trim sees all of it.
+                        let earlier = self.staging.of_log(log, &step);
+                        step.moved(&earlier);
+                        let mut all = earlier;
+                        all.extend(step.take_added(log));
+                        named.move_in(&all, false)?;
                         // The ids of what goes, then the records.
                         let mut ids = Vec::new();
-                        for kv in nlogs
+                        for kv in named
+                            .logs
                             .range((log.as_str(), 0)..=(log.as_str(), upto))
                             .map_err(io)?
                         {
@@ -339,9 +407,10 @@ impl RedbStore {
                             ids.extend(id);
                         }
                         for id in &ids {
-                            nids.remove((log.as_str(), id.as_str())).map_err(io)?;
+                            named.ids.remove((log.as_str(), id.as_str())).map_err(io)?;
                         }
-                        nlogs
+                        named
+                            .logs
                             .retain_in((log.as_str(), 0)..=(log.as_str(), upto), |_, _| false)
                             .map_err(io)?;
                     }
@@ -351,6 +420,13 @@ impl RedbStore {
                             .map_err(io)?;
                     }
                 }
+            }
+            // Enough staged: the oldest move into their logs, many records
+            // per page.
+            if self.staging.due(&step) {
+                let oldest = self.staging.oldest(staging::MOVE_CHUNK, &step);
+                step.moved(&oldest);
+                named.move_in(&oldest, true)?;
             }
             // Every id used by a write above was handed out before it was
             // journaled, so it is below the counter read now.
@@ -363,7 +439,53 @@ impl RedbStore {
                 self.ids_committed.store(below, Ordering::Relaxed);
             }
         }
-        tx.commit().map_err(io)
+        tx.commit().map_err(io)?;
+        self.staging.apply(step);
+        Ok(())
+    }
+}
+
+/// The named-log tables of a write transaction.
+struct Named<'a, 't> {
+    logs: &'a mut redb::Table<'t, (&'static str, u64), &'static [u8]>,
+    ids: &'a mut redb::Table<'t, (&'static str, &'static str), u64>,
+    heads: &'a mut redb::Table<'t, &'static str, u64>,
+    stage: &'a mut redb::Table<'t, u64, &'static [u8]>,
+}
+
+impl Named<'_, '_> {
+    /// Moves staged records into their logs. `prefix`: they are the oldest
+    /// staged (every key up to the last is theirs or gone already), so the
+    /// staging table loses one range.
+    fn move_in(&mut self, records: &[Staged], prefix: bool) -> StoreResult<()> {
+        let mut sorted: Vec<&Staged> = records.iter().collect();
+        sorted.sort_by(|a, b| (&*a.1, a.2.seq).cmp(&(&*b.1, b.2.seq)));
+        let mut heads: std::collections::HashMap<&str, u64> = Default::default();
+        for (_, log, r) in sorted {
+            let v = postcard::to_stdvec(&(&r.id, r.time_ms, &r.data))?;
+            self.logs
+                .insert((&**log, r.seq), v.as_slice())
+                .map_err(io)?;
+            if let Some(id) = &r.id {
+                self.ids.insert((&**log, id.as_str()), r.seq).map_err(io)?;
+            }
+            let h = heads.entry(log).or_insert(r.seq);
+            *h = (*h).max(r.seq);
+        }
+        for (log, last) in heads {
+            self.heads.insert(log, last).map_err(io)?;
+        }
+        match records.iter().map(|r| r.0).max() {
+            Some(last) if prefix => {
+                self.stage.retain_in(..=last, |_, _| false).map_err(io)?;
+            }
+            _ => {
+                for r in records {
+                    self.stage.remove(r.0).map_err(io)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -536,12 +658,20 @@ impl Store for RedbStore {
     }
 
     fn log_last(&self, log: &str) -> StoreResult<u64> {
+        // Staging first, then the table: a move in between shows in the
+        // table, never in neither.
+        let staged = self.staging.last(log).unwrap_or(0);
         let tx = self.read_tx()?;
         let t = tx.open_table(NHEADS).map_err(io)?;
-        Ok(t.get(log).map_err(io)?.map(|g| g.value()).unwrap_or(0))
+        let moved = t.get(log).map_err(io)?.map(|g| g.value()).unwrap_or(0);
+        Ok(staged.max(moved))
     }
 
     fn log_read(&self, log: &str, from: u64, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        let (staged, first) = self.staging.read(log, from, limit);
+        if first.is_some_and(|f| f <= from) {
+            return Ok(staged); // nothing from `from` on is in the table
+        }
         let tx = self.read_tx()?;
         let t = tx.open_table(NLOGS).map_err(io)?;
         let mut out = Vec::new();
@@ -553,18 +683,28 @@ impl Store for RedbStore {
             let (k, v) = kv.map_err(io)?;
             out.push(log_record(k.value().1, v.value())?);
         }
+        // What moved in since the staging was read is in both.
+        let after = out.last().map_or(0, |r| r.seq);
+        let room = limit - out.len();
+        out.extend(staged.into_iter().filter(|r| r.seq > after).take(room));
         Ok(out)
     }
 
     fn log_read_back(&self, log: &str, before: u64, limit: usize) -> StoreResult<Vec<LogRecord>> {
+        let (mut out, first) = self.staging.read_back(log, before, limit);
+        if out.len() >= limit {
+            return Ok(out);
+        }
+        // The table holds only what is older than the staged records.
+        let below = first.map_or(before, |f| f.min(before));
         let tx = self.read_tx()?;
         let t = tx.open_table(NLOGS).map_err(io)?;
-        let mut out = Vec::new();
+        let room = limit - out.len();
         for kv in t
-            .range((log, 0)..(log, before))
+            .range((log, 0)..(log, below))
             .map_err(io)?
             .rev()
-            .take(limit)
+            .take(room)
         {
             let (k, v) = kv.map_err(io)?;
             out.push(log_record(k.value().1, v.value())?);
@@ -573,6 +713,9 @@ impl Store for RedbStore {
     }
 
     fn log_seq_of(&self, log: &str, id: &str) -> StoreResult<Option<u64>> {
+        if let Some(seq) = self.staging.seq_of(log, id) {
+            return Ok(Some(seq));
+        }
         let tx = self.read_tx()?;
         let t = tx.open_table(NIDS).map_err(io)?;
         Ok(t.get((log, id)).map_err(io)?.map(|g| g.value()))
@@ -777,6 +920,127 @@ mod tests {
             std::fs::read_to_string(data.join("FORMAT")).unwrap().trim(),
             FORMAT
         );
+    }
+
+    /// Enough appends to many logs that staged records move into their
+    /// logs, with trims in between: every read, both ways, sees each log
+    /// whole and in order, before and after a reopen.
+    #[test]
+    fn named_logs_read_the_same_across_staging_moves_trims_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let logs = ["c/a", "i/bob", "i/carol", "c/b"];
+        let mut last = [0u64; 4];
+        let mut trimmed = [0u64; 4];
+        let check = |s: &RedbStore, last: &[u64; 4], trimmed: &[u64; 4]| {
+            for (i, log) in logs.iter().enumerate() {
+                let want: Vec<u64> = (trimmed[i] + 1..=last[i]).collect();
+                let mut got = Vec::new();
+                let mut from = 0;
+                loop {
+                    let page = s.log_read(log, from, 97).unwrap();
+                    let Some(l) = page.last() else { break };
+                    from = l.seq + 1;
+                    got.extend(page.iter().map(|r| r.seq));
+                }
+                assert_eq!(got, want, "{log} forward");
+                let mut back = Vec::new();
+                let mut before = u64::MAX;
+                loop {
+                    let page = s.log_read_back(log, before, 89).unwrap();
+                    let Some(l) = page.last() else { break };
+                    before = l.seq;
+                    back.extend(page.iter().map(|r| r.seq));
+                }
+                back.reverse();
+                assert_eq!(back, want, "{log} backward");
+                assert_eq!(s.log_last(log).unwrap(), last[i], "{log} last");
+                if last[i] > trimmed[i] {
+                    let seq = last[i];
+                    assert_eq!(
+                        s.log_seq_of(log, &format!("{log}#{seq}")).unwrap(),
+                        Some(seq)
+                    );
+                    let seq = trimmed[i] + 1;
+                    assert_eq!(
+                        s.log_seq_of(log, &format!("{log}#{seq}")).unwrap(),
+                        Some(seq)
+                    );
+                }
+                if trimmed[i] > 0 {
+                    let seq = trimmed[i];
+                    assert_eq!(s.log_seq_of(log, &format!("{log}#{seq}")).unwrap(), None);
+                }
+            }
+        };
+        let mut s = RedbStore::open(&data).unwrap();
+        for round in 0..30u64 {
+            let mut writes = Vec::new();
+            for n in 0..700u64 {
+                let i = ((n * 7 + round) % 4) as usize;
+                last[i] += 1;
+                let seq = last[i];
+                writes.push(Write::LogAppend {
+                    log: logs[i].to_owned(),
+                    records: vec![LogRecord {
+                        seq,
+                        id: Some(format!("{}#{seq}", logs[i])),
+                        time_ms: round,
+                        data: bytes::Bytes::from(vec![round as u8; 40]),
+                    }],
+                });
+            }
+            if round % 7 == 3 {
+                let i = (round % 4) as usize;
+                trimmed[i] = last[i] - 50;
+                writes.push(Write::LogTrim {
+                    log: logs[i].to_owned(),
+                    upto: trimmed[i],
+                });
+            }
+            commit(&s, writes);
+            check(&s, &last, &trimmed);
+            if round % 10 == 9 {
+                drop(s);
+                s = RedbStore::open(&data).unwrap();
+                check(&s, &last, &trimmed);
+            }
+        }
+        let staged = RedbStore::staged(&s.db).unwrap().len();
+        assert!(
+            staged > 0 && staged <= 8192 + 700,
+            "moves happened: {staged} staged"
+        );
+    }
+
+    #[test]
+    fn a_version_2_directory_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let s = RedbStore::open(&data).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(NLOGS)
+                .unwrap()
+                .insert(
+                    ("c/x", 1),
+                    postcard::to_stdvec(&(None::<String>, 5u64, bytes::Bytes::from_static(b"hi")))
+                        .unwrap()
+                        .as_slice(),
+                )
+                .unwrap();
+            tx.open_table(NHEADS).unwrap().insert("c/x", 1).unwrap();
+            tx.delete_table(NSTAGE).unwrap();
+            tx.commit().unwrap();
+        }
+        data_dir::set_format(&data, FORMAT_2).unwrap();
+        let s = RedbStore::open(&data).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(data.join("FORMAT")).unwrap().trim(),
+            FORMAT
+        );
+        assert_eq!(s.log_last("c/x").unwrap(), 1);
+        assert_eq!(&s.log_read("c/x", 0, 10).unwrap()[0].data[..], b"hi");
     }
 
     #[test]
