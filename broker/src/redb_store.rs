@@ -658,13 +658,14 @@ impl Store for RedbStore {
     }
 
     fn log_last(&self, log: &str) -> StoreResult<u64> {
-        // Staging first, then the table: a move in between shows in the
-        // table, never in neither.
-        let staged = self.staging.last(log).unwrap_or(0);
+        // Staged records are newer than the table's.
+        if let Some(last) = self.staging.last(log) {
+            return Ok(last);
+        }
+        // A move since the staging was read shows in the table.
         let tx = self.read_tx()?;
         let t = tx.open_table(NHEADS).map_err(io)?;
-        let moved = t.get(log).map_err(io)?.map(|g| g.value()).unwrap_or(0);
-        Ok(staged.max(moved))
+        Ok(t.get(log).map_err(io)?.map(|g| g.value()).unwrap_or(0))
     }
 
     fn log_read(&self, log: &str, from: u64, limit: usize) -> StoreResult<Vec<LogRecord>> {
