@@ -131,8 +131,8 @@ impl Deliveries {
         let Some((user, device)) = device_of(&u.client) else {
             return;
         };
-        if scope_of(&u.client) == Scope::Refresh {
-            return; // only asks for an access token
+        if scope_of(&u.client) != Scope::Device {
+            return; // asks for an access token, or peeks: nothing is fed
         }
         let id = u.client.client_id.clone();
         let (user, device) = (user.to_owned(), device.to_owned());

@@ -8,10 +8,12 @@
 //! into the chat namespace (which its handler checks). Failed logins from
 //! one address are answered more slowly each time, and counted.
 //!
-//! Two more kinds of login: a device whose access token expired logs in
+//! Three more kinds of login: a device whose access token expired logs in
 //! with its refresh token (`rt1....`) for a connection that may only ask
-//! for a new access token; and `courier admin` logs in as `$admin:<name>`
-//! with an administrator's token minted from the broker's own secret.
+//! for a new access token; a known device's access token also opens a
+//! peek connection (`<user>:<device>:peek`) that may only fetch the
+//! device's inbox; and `courier admin` logs in as `$admin:<name>` with an
+//! administrator's token minted from the broker's own secret.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -44,11 +46,17 @@ impl ChatHooks {
     }
 }
 
-/// The chat device a connected client is, if it is one.
+/// The chat device a connected client is (or peeks for), if it is one.
 pub(crate) fn device_of(client: &ClientInfo) -> Option<(&str, &str)> {
     let p = client.principal.as_deref()?;
     let device = p.device.as_deref()?;
-    topics::parse_client_id(&client.client_id).filter(|(u, d)| *u == p.user && *d == device)
+    let id = &client.client_id;
+    let named = if scope_of(client) == Scope::Peek {
+        topics::parse_peek_client_id(id)
+    } else {
+        topics::parse_client_id(id)
+    };
+    named.filter(|(u, d)| *u == p.user && *d == device)
 }
 
 /// What a connection may do, from its principal.
@@ -58,23 +66,26 @@ pub(crate) enum Scope {
     Device,
     /// A device logged in with its refresh token: a new access token only.
     Refresh,
+    /// A peek connection for a device: fetching its inbox only.
+    Peek,
 }
 
 const SCOPE: &str = "scope";
 const REFRESH: &str = "refresh";
+const PEEK: &str = "peek";
 const ROLE: &str = "role";
 const ADMIN: &str = "admin";
 
 /// The scope of a chat device's connection.
 pub(crate) fn scope_of(client: &ClientInfo) -> Scope {
-    let refresh = client
+    let scope = client
         .principal
         .as_deref()
-        .is_some_and(|p| p.claims.iter().any(|(n, v)| n == SCOPE && v == REFRESH));
-    if refresh {
-        Scope::Refresh
-    } else {
-        Scope::Device
+        .and_then(|p| p.claims.iter().find(|(n, _)| n == SCOPE));
+    match scope.map(|(_, v)| v.as_str()) {
+        Some(REFRESH) => Scope::Refresh,
+        Some(PEEK) => Scope::Peek,
+        _ => Scope::Device,
     }
 }
 
@@ -165,16 +176,22 @@ impl Chat {
                 claims: vec![(ROLE.into(), ADMIN.into())],
             });
         }
-        let (user, device) = topics::parse_client_id(req.client_id).ok_or_else(|| {
-            (
-                "client id is not <user>:<device>".to_owned(),
-                AuthDecision::NotAuthorized,
-            )
-        })?;
+        let peek = topics::parse_peek_client_id(req.client_id);
+        let (user, device) = peek
+            .or_else(|| topics::parse_client_id(req.client_id))
+            .ok_or_else(|| {
+                (
+                    "client id is not <user>:<device>".to_owned(),
+                    AuthDecision::NotAuthorized,
+                )
+            })?;
         if req.username.is_some_and(|u| !u.is_empty() && u != user) {
             return Err(bad(format!("username is not {user:?}")));
         }
         if password.starts_with(topics::REFRESH_PREFIX) {
+            if peek.is_some() {
+                return Err(bad("a peek connection needs an access token".into()));
+            }
             return self.refresh_login(user, device, password, now);
         }
         let claims = self
@@ -187,17 +204,47 @@ impl Chat {
                 claims.sub, claims.dev
             )));
         }
+        let expires_at = Some(claims.exp.saturating_add(self.config.tokens.leeway_secs));
+        if peek.is_some() {
+            self.known_device(user, device)?;
+            return Ok(Principal {
+                user: user.to_owned(),
+                device: Some(device.to_owned()),
+                expires_at,
+                claims: vec![(SCOPE.into(), PEEK.into())],
+            });
+        }
         self.register(user, device)?;
         Ok(Principal {
             user: user.to_owned(),
             device: Some(device.to_owned()),
-            expires_at: Some(claims.exp.saturating_add(self.config.tokens.leeway_secs)),
+            expires_at,
             claims: claims
                 .aud
                 .map(|a| ("aud".to_owned(), a))
                 .into_iter()
                 .collect(),
         })
+    }
+
+    /// A peek connection is for a device that exists, is not revoked, and
+    /// whose user is not disabled (it registers nothing).
+    fn known_device(&self, user: &str, device: &str) -> Result<(), Refusal> {
+        let d = self.dir.lock();
+        let u = d.users.get(user);
+        if u.is_some_and(|u| u.disabled) {
+            return Err(("user is disabled".into(), AuthDecision::NotAuthorized));
+        }
+        match u.and_then(|u| u.devices.get(device)) {
+            Some(dev) if dev.revoked => {
+                Err(("device is revoked".into(), AuthDecision::NotAuthorized))
+            }
+            Some(_) => Ok(()),
+            None => Err((
+                "peek connection for an unknown device".into(),
+                AuthDecision::NotAuthorized,
+            )),
+        }
     }
 
     /// A login with a refresh token: it must be the one the device was

@@ -17,7 +17,9 @@ use crate::directory::direct_id;
 use crate::error::ChatError;
 use crate::identity::{device_of, is_admin, scope_of, Scope};
 use crate::proto::{self, request::Op};
-use crate::records::{self, conversation_log, Action, ConvKind, StoredEntry, StoredKind};
+use crate::records::{
+    self, conversation_log, inbox_log, Action, ConvKind, StoredEntry, StoredKind,
+};
 use crate::{delivery, topics, Chat};
 
 /// Longest client message id.
@@ -61,7 +63,7 @@ impl Namespace for Handler {
                 chat.request(u, d, scope_of(&p.client), &p.message.payload)
             }
             (Some(_), _, topics::SEND) => Err(ChatError::NotAllowed(
-                "a refresh-token connection may only ask for an access token".into(),
+                "a refresh-token or peek connection may not send messages".into(),
             )),
             _ => {
                 chat.metrics.inc(&chat.metrics.acl_refused, 1);
@@ -264,7 +266,19 @@ impl Chat {
                 "a refresh-token connection may only ask for an access token".into(),
             ));
         }
+        if scope == Scope::Peek && !matches!(op, Op::Fetch(_)) {
+            return Err(ChatError::NotAllowed(
+                "a peek connection may only fetch".into(),
+            ));
+        }
         match op {
+            Op::Fetch(f) => {
+                let limit = match f.limit as usize {
+                    0 => DEFAULT_PAGE,
+                    n => n.min(MAX_PAGE),
+                };
+                Ok(Done::answer(R::Fetched(self.fetch(user, device, limit)?)))
+            }
             Op::RefreshAccessToken(_) => {
                 let now = courier::message::unix_now();
                 let ttl = self.config.tokens.mint_ttl_secs;
@@ -721,6 +735,48 @@ impl Chat {
             Ok(b) => b.deliver(&p.client.client_id, msg, false, None).map(|_| ()),
             Err(_) => Ok(()),
         }
+    }
+}
+
+impl Chat {
+    /// Up to `limit` inbox entries of `user`'s `device` after its saved
+    /// cursor, which stays where it is: what a peek connection is shown.
+    fn fetch(&self, user: &str, device: &str, limit: usize) -> Result<proto::Fetched, ChatError> {
+        let broker = self.broker()?;
+        let logs = broker.logs();
+        let inbox = inbox_log(user);
+        let cursor = logs
+            .cursors(&inbox)?
+            .iter()
+            .find(|(n, _)| n == device)
+            .map_or(0, |c| c.1);
+        let refs = logs.read(&inbox, cursor + 1, limit)?;
+        // Past the cursor, retention removed what lies before the first.
+        let first = match refs.first() {
+            Some(r) => r.seq,
+            None => logs.last_committed(&inbox)?.max(cursor) + 1,
+        };
+        let mut out = proto::Fetched {
+            entries: Vec::new(),
+            lost: first - (cursor + 1),
+            more: refs.len() == limit,
+        };
+        for r in &refs {
+            let Some(iref) = records::decode::<records::InboxRef>(&r.data) else {
+                continue;
+            };
+            if iref.from_device.as_deref() == Some(device) {
+                continue; // the device's own
+            }
+            let log = conversation_log(&iref.conversation);
+            let entry = logs
+                .read(&log, iref.seq, 1)?
+                .into_iter()
+                .find(|e| e.seq == iref.seq)
+                .and_then(|e| to_entry(&iref.conversation, &e, Some(user)));
+            out.entries.extend(entry);
+        }
+        Ok(out)
     }
 }
 

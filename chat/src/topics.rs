@@ -28,6 +28,21 @@ pub fn client_id(user: &str, device: &str) -> String {
     format!("{user}:{device}")
 }
 
+/// A peek connection's client id ends with this: `<user>:<device>:peek`
+/// fetches that device's inbox without taking over its session or moving
+/// its cursor (an iOS notification service extension).
+pub const PEEK_SUFFIX: &str = ":peek";
+
+/// The client id of a peek connection for `user`'s `device`.
+pub fn peek_client_id(user: &str, device: &str) -> String {
+    format!("{user}:{device}{PEEK_SUFFIX}")
+}
+
+/// The user and device a peek connection's client id names.
+pub fn parse_peek_client_id(id: &str) -> Option<(&str, &str)> {
+    parse_client_id(id.strip_suffix(PEEK_SUFFIX)?)
+}
+
 /// The user and device a chat client id names, if it is one.
 pub fn parse_client_id(id: &str) -> Option<(&str, &str)> {
     let (user, device) = id.split_once(':')?;
@@ -52,6 +67,12 @@ mod tests {
             Some(("alice", "phone"))
         );
         assert_eq!(parse_client_id("alice:ph:one"), None);
+        assert_eq!(parse_client_id(&peek_client_id("alice", "phone")), None);
+        assert_eq!(
+            parse_peek_client_id(&peek_client_id("alice", "phone")),
+            Some(("alice", "phone"))
+        );
+        assert_eq!(parse_peek_client_id("alice:phone"), None);
         assert_eq!(parse_client_id("alice"), None);
         assert_eq!(parse_client_id(":phone"), None);
         assert!(!valid_id("a/b") && !valid_id("a+") && !valid_id("#") && !valid_id(""));

@@ -405,3 +405,82 @@ async fn a_connection_whose_token_expires_is_closed() {
     );
     s.stop().await;
 }
+
+/// What an iOS notification service extension does: it connects beside
+/// the app's session with the device's access token, fetches what is
+/// waiting, and leaves the device's cursor (and session) alone.
+#[tokio::test]
+async fn a_peek_connection_fetches_without_taking_over_or_moving_the_cursor() {
+    use proto::response::Result as R;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    Phone::connect(&s, "bob", "phone").await.leave().await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    for i in 0..3 {
+        alice
+            .send_text(To::User("bob"), &format!("m{i}"), &format!("hello {i}"))
+            .await
+            .unwrap();
+    }
+    let token = s.token("bob", "phone");
+    let mut nse = Phone::connect_peek(s.addr(), "bob", "phone", &token).await;
+    let fetch = |limit| Op::Fetch(proto::Fetch { limit });
+    for _ in 0..2 {
+        match nse.ok(fetch(0)).await {
+            Some(R::Fetched(f)) => {
+                let texts: Vec<String> = f
+                    .entries
+                    .iter()
+                    .filter(|e| is_message(e))
+                    .map(text)
+                    .collect();
+                assert_eq!(texts, ["hello 0", "hello 1", "hello 2"]);
+                assert_eq!((f.lost, f.more), (0, false));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match nse.ok(fetch(2)).await {
+        Some(R::Fetched(f)) => assert!(f.entries.len() == 2 && f.more),
+        other => panic!("{other:?}"),
+    }
+    // It may fetch, and nothing else.
+    assert!(nse.send_text(To::User("alice"), "x", "no").await.is_err());
+    let (reason, r) = nse.request(Op::ListDevices(proto::ListDevices {})).await;
+    assert_eq!(reason, PubAckReason::NotAuthorized, "{:?}", r.error);
+
+    // The phone connects beside it and gets all three: the cursor did not
+    // move. Neither connection takes the other's place.
+    let mut phone = Phone::connect(&s, "bob", "phone").await;
+    let texts: Vec<String> = phone
+        .entries(4)
+        .await
+        .iter()
+        .filter(|e| is_message(e))
+        .map(text)
+        .collect();
+    assert_eq!(texts, ["hello 0", "hello 1", "hello 2"]);
+    alice
+        .send_text(To::User("bob"), "m3", "hello 3")
+        .await
+        .unwrap();
+    assert_eq!(text(&phone.entry().await), "hello 3");
+    // The feed is ordered: the peek connection's arrival was handled
+    // before the phone's, so a delivery to it would precede this answer.
+    assert!(matches!(nse.ok(fetch(1)).await, Some(R::Fetched(_))));
+    assert!(
+        nse.pending_entries().is_empty(),
+        "a peek connection is fed nothing"
+    );
+
+    // Only for a known device, with that device's access token.
+    assert_eq!(
+        try_connect(s.addr(), "bob:laptop:peek", "", &s.token("bob", "laptop")).await,
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(
+        try_connect(s.addr(), "bob:phone:peek", "", &s.token("bob", "tablet")).await,
+        ConnectReturnCode::BadUserNamePassword
+    );
+    s.stop().await;
+}

@@ -217,6 +217,20 @@ impl Phone {
         p
     }
 
+    /// Opens a peek connection for `user`'s `device` (no subscription).
+    pub async fn connect_peek(addr: SocketAddr, user: &str, device: &str, token: &str) -> Phone {
+        let mut p = Phone::raw(addr, user, device).await;
+        let id = courier_chat::topics::peek_client_id(user, device);
+        p.send(connect_packet(&id, "", token)).await;
+        match p.packet().await {
+            Some(Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::Success,
+                ..
+            })) => p,
+            other => panic!("{id}: expected a successful CONNACK, got {other:?}"),
+        }
+    }
+
     pub async fn connect(server: &ChatServer, user: &str, device: &str) -> Phone {
         Phone::connect_with(server.addr(), user, device, &server.token(user, device)).await
     }
