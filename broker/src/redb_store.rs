@@ -26,8 +26,8 @@ use crate::store::{
 /// The data directory's format marker for this layout.
 /// Version 2 counts each shared message body's references (`MSG_REFS`),
 /// so start-up need not read every queue entry; a version 1 directory is
-/// refused. Version 3 stages named-log appends (`NSTAGE`); a version 2
-/// directory is upgraded at open (it gains the empty table).
+/// refused. Version 3 stages named-log appends (`NSTAGE`) and keeps named
+/// logs in batches; a version 2 directory is upgraded at open.
 const FORMAT: &str = "courier-store/redb/3";
 /// The previous format, upgraded in place.
 const FORMAT_2: &str = "courier-store/redb/2";
@@ -51,8 +51,13 @@ type Marks = (u64, u64, u64, u64, u64);
 const CURSORS: TableDefinition<(u64, &str), u64> = TableDefinition::new("cursors");
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Named logs: `(log, seq) -> (id, time_ms, data)`.
+/// Named logs, in batches: `(log, last seq of the batch) -> [(seq, id,
+/// time_ms, data)]`, ascending, at most `BATCH_RECORDS` each. A log's
+/// batches never overlap.
 const NLOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("nlogs");
+/// Most records in one `NLOGS` batch (a read of one record decodes its
+/// batch).
+const BATCH_RECORDS: usize = 64;
 /// `(log, id) -> seq`, for idempotent appends.
 const NIDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("nlog_ids");
 /// `(log, consumer) -> seq`.
@@ -151,11 +156,41 @@ impl RedbStore {
         }))
     }
 
-    /// Version 2 had no staging table; adding the empty table is all the
-    /// upgrade there is.
+    /// Version 2 had no staging table and one `NLOGS` row per record: the
+    /// table is added, and each row becomes a batch of one under the same
+    /// key, in one transaction.
     fn upgrade_from_2(dir: &Path, db: &Database) -> StoreResult<()> {
         let tx = db.begin_write().map_err(io)?;
         tx.open_table(NSTAGE).map_err(io)?;
+        {
+            let mut t = tx.open_table(NLOGS).map_err(io)?;
+            let mut after: Option<(String, u64)> = None;
+            loop {
+                let mut page = Vec::new();
+                let range = match &after {
+                    Some((log, seq)) => t.range((log.as_str(), *seq + 1)..),
+                    None => t.range::<(&str, u64)>(..),
+                };
+                for kv in range.map_err(io)?.take(4096) {
+                    let (k, v) = kv.map_err(io)?;
+                    let (log, seq) = k.value();
+                    let (id, time_ms, data): (Option<String>, u64, bytes::Bytes) =
+                        postcard::from_bytes(v.value())?;
+                    let r = LogRecord {
+                        seq,
+                        id,
+                        time_ms,
+                        data,
+                    };
+                    page.push((log.to_owned(), seq, encode_batch(&[&r])?));
+                }
+                let Some(last) = page.last() else { break };
+                after = Some((last.0.clone(), last.1));
+                for (log, seq, v) in &page {
+                    t.insert((log.as_str(), *seq), v.as_slice()).map_err(io)?;
+                }
+            }
+        }
         tx.commit().map_err(io)?;
         data_dir::set_format(dir, FORMAT).map_err(|e| StoreError::Io(e.to_string()))?;
         tracing::info!(path = %dir.display(), "store upgraded from {FORMAT_2} to {FORMAT}");
@@ -394,25 +429,7 @@ impl RedbStore {
                         let mut all = earlier;
                         all.extend(step.take_added(log));
                         named.move_in(&all, false)?;
-                        // The ids of what goes, then the records.
-                        let mut ids = Vec::new();
-                        for kv in named
-                            .logs
-                            .range((log.as_str(), 0)..=(log.as_str(), upto))
-                            .map_err(io)?
-                        {
-                            let (_, v) = kv.map_err(io)?;
-                            let (id, _, _): (Option<String>, u64, bytes::Bytes) =
-                                postcard::from_bytes(v.value())?;
-                            ids.extend(id);
-                        }
-                        for id in &ids {
-                            named.ids.remove((log.as_str(), id.as_str())).map_err(io)?;
-                        }
-                        named
-                            .logs
-                            .retain_in((log.as_str(), 0)..=(log.as_str(), upto), |_, _| false)
-                            .map_err(io)?;
+                        named.trim(log, upto)?;
                     }
                     Write::LogCursor { log, consumer, seq } => {
                         ncursors
@@ -460,20 +477,24 @@ impl Named<'_, '_> {
     fn move_in(&mut self, records: &[Staged], prefix: bool) -> StoreResult<()> {
         let mut sorted: Vec<&Staged> = records.iter().collect();
         sorted.sort_by(|a, b| (&*a.1, a.2.seq).cmp(&(&*b.1, b.2.seq)));
-        let mut heads: std::collections::HashMap<&str, u64> = Default::default();
-        for (_, log, r) in sorted {
-            let v = postcard::to_stdvec(&(&r.id, r.time_ms, &r.data))?;
-            self.logs
-                .insert((&**log, r.seq), v.as_slice())
-                .map_err(io)?;
-            if let Some(id) = &r.id {
-                self.ids.insert((&**log, id.as_str()), r.seq).map_err(io)?;
+        // One batch per run of a log's records (at most BATCH_RECORDS).
+        for run in sorted.chunk_by(|a, b| a.1 == b.1) {
+            let log = &*run[0].1;
+            for batch in run.chunks(BATCH_RECORDS) {
+                let recs: Vec<&LogRecord> = batch.iter().map(|s| &s.2).collect();
+                let last = recs.last().map_or(0, |r| r.seq);
+                self.logs
+                    .insert((log, last), encode_batch(&recs)?.as_slice())
+                    .map_err(io)?;
+                for r in &recs {
+                    if let Some(id) = &r.id {
+                        self.ids.insert((log, id.as_str()), r.seq).map_err(io)?;
+                    }
+                }
             }
-            let h = heads.entry(log).or_insert(r.seq);
-            *h = (*h).max(r.seq);
-        }
-        for (log, last) in heads {
-            self.heads.insert(log, last).map_err(io)?;
+            if let Some(last) = run.last() {
+                self.heads.insert(log, last.2.seq).map_err(io)?;
+            }
         }
         match records.iter().map(|r| r.0).max() {
             Some(last) if prefix => {
@@ -487,6 +508,69 @@ impl Named<'_, '_> {
         }
         Ok(())
     }
+
+    /// Removes `log`'s records up to `upto`, and their ids.
+    fn trim(&mut self, log: &str, upto: u64) -> StoreResult<()> {
+        let mut ids = Vec::new();
+        for kv in self.logs.range((log, 0)..=(log, upto)).map_err(io)? {
+            let (_, v) = kv.map_err(io)?;
+            ids.extend(decode_batch(v.value())?.into_iter().filter_map(|r| r.id));
+        }
+        self.logs
+            .retain_in((log, 0)..=(log, upto), |_, _| false)
+            .map_err(io)?;
+        // The batch that reaches past `upto` keeps only what lies above.
+        let straddling = match self
+            .logs
+            .range((log, upto + 1)..=(log, u64::MAX))
+            .map_err(io)?
+            .next()
+        {
+            Some(kv) => {
+                let (k, v) = kv.map_err(io)?;
+                Some((k.value().1, decode_batch(v.value())?))
+            }
+            None => None,
+        };
+        if let Some((last, recs)) = straddling {
+            if recs.first().is_some_and(|r| r.seq <= upto) {
+                let (gone, kept): (Vec<LogRecord>, Vec<LogRecord>) =
+                    recs.into_iter().partition(|r| r.seq <= upto);
+                ids.extend(gone.into_iter().filter_map(|r| r.id));
+                let kept: Vec<&LogRecord> = kept.iter().collect();
+                self.logs
+                    .insert((log, last), encode_batch(&kept)?.as_slice())
+                    .map_err(io)?;
+            }
+        }
+        for id in &ids {
+            self.ids.remove((log, id.as_str())).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// An `NLOGS` batch's bytes.
+fn encode_batch(records: &[&LogRecord]) -> StoreResult<Vec<u8>> {
+    let rows: Vec<(u64, &Option<String>, u64, &bytes::Bytes)> = records
+        .iter()
+        .map(|r| (r.seq, &r.id, r.time_ms, &r.data))
+        .collect();
+    Ok(postcard::to_stdvec(&rows)?)
+}
+
+/// The records of an `NLOGS` batch, ascending.
+fn decode_batch(v: &[u8]) -> StoreResult<Vec<LogRecord>> {
+    let rows: Vec<(u64, Option<String>, u64, bytes::Bytes)> = postcard::from_bytes(v)?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, id, time_ms, data)| LogRecord {
+            seq,
+            id,
+            time_ms,
+            data,
+        })
+        .collect())
 }
 
 /// The live entries of `log` above `floor` (rewrites applied, removed
@@ -555,16 +639,6 @@ fn change_refs(
         refs.insert(id, n.min(u32::MAX as i64) as u32).map_err(io)?;
     }
     Ok(())
-}
-
-fn log_record(seq: u64, v: &[u8]) -> StoreResult<LogRecord> {
-    let (id, time_ms, data): (Option<String>, u64, bytes::Bytes) = postcard::from_bytes(v)?;
-    Ok(LogRecord {
-        seq,
-        id,
-        time_ms,
-        data,
-    })
 }
 
 impl Store for RedbStore {
@@ -676,13 +750,21 @@ impl Store for RedbStore {
         let tx = self.read_tx()?;
         let t = tx.open_table(NLOGS).map_err(io)?;
         let mut out = Vec::new();
-        for kv in t
-            .range((log, from)..=(log, u64::MAX))
-            .map_err(io)?
-            .take(limit)
-        {
-            let (k, v) = kv.map_err(io)?;
-            out.push(log_record(k.value().1, v.value())?);
+        // Batches are keyed by their last record: the first one found may
+        // start before `from`.
+        'batches: for kv in t.range((log, from)..=(log, u64::MAX)).map_err(io)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv.map_err(io)?;
+            for r in decode_batch(v.value())? {
+                if r.seq >= from {
+                    out.push(r);
+                    if out.len() >= limit {
+                        break 'batches;
+                    }
+                }
+            }
         }
         // What moved in since the staging was read is in both.
         let after = out.last().map_or(0, |r| r.seq);
@@ -700,15 +782,20 @@ impl Store for RedbStore {
         let below = first.map_or(before, |f| f.min(before));
         let tx = self.read_tx()?;
         let t = tx.open_table(NLOGS).map_err(io)?;
-        let room = limit - out.len();
-        for kv in t
-            .range((log, 0)..(log, below))
-            .map_err(io)?
-            .rev()
-            .take(room)
-        {
-            let (k, v) = kv.map_err(io)?;
-            out.push(log_record(k.value().1, v.value())?);
+        // The batch holding `below - 1` may end at or after `below`; then
+        // the batches wholly below, newest first.
+        let reaching = t.range((log, below)..=(log, u64::MAX)).map_err(io)?.next();
+        let older = t.range((log, 0)..(log, below)).map_err(io)?.rev();
+        for kv in reaching.into_iter().chain(older) {
+            let (_, v) = kv.map_err(io)?;
+            for r in decode_batch(v.value())?.into_iter().rev() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if r.seq < below {
+                    out.push(r);
+                }
+            }
         }
         Ok(out)
     }
