@@ -18,7 +18,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::data_dir;
 use crate::message::Message;
-use crate::staging::{self, Staged, Staging};
+use crate::staging::{self, Staged, StagedRef, Staging};
 use crate::store::{
     LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
 };
@@ -425,9 +425,11 @@ impl RedbStore {
                         // Its staged records join the log first, so the
                         // trim sees all of it.
                         let earlier = self.staging.of_log(log, &step);
-                        step.moved(&earlier);
+                        step.moved(earlier.iter().map(|r| (r.0, &r.1)));
                         let mut all = earlier;
                         all.extend(step.take_added(log));
+                        let all: Vec<StagedRef<'_>> =
+                            all.iter().map(|r| (r.0, &r.1, &r.2)).collect();
                         named.move_in(&all, false)?;
                         named.trim(log, upto)?;
                     }
@@ -441,9 +443,23 @@ impl RedbStore {
             // Enough staged: the oldest move into their logs, many records
             // per page.
             if self.staging.due(&step) {
-                let oldest = self.staging.oldest(staging::MOVE_CHUNK, &step);
-                step.moved(&oldest);
-                named.move_in(&oldest, true)?;
+                let moved = self
+                    .staging
+                    .with_oldest(staging::MOVE_CHUNK, &step, |oldest| {
+                        named.move_in(oldest, true)?;
+                        // Per log, the last key moved.
+                        let mut last: rustc_hash::FxHashMap<Arc<str>, u64> = Default::default();
+                        for (key, log, _) in oldest {
+                            match last.get_mut(*log) {
+                                Some(k) => *k = (*k).max(*key),
+                                None => {
+                                    last.insert(Arc::clone(log), *key);
+                                }
+                            }
+                        }
+                        StoreResult::Ok(last)
+                    })?;
+                step.moved(moved.iter().map(|(log, key)| (*key, log)));
             }
             // Every id used by a write above was handed out before it was
             // journaled, so it is below the counter read now.
@@ -474,14 +490,14 @@ impl Named<'_, '_> {
     /// Moves staged records into their logs. `prefix`: they are the oldest
     /// staged (every key up to the last is theirs or gone already), so the
     /// staging table loses one range.
-    fn move_in(&mut self, records: &[Staged], prefix: bool) -> StoreResult<()> {
-        let mut sorted: Vec<&Staged> = records.iter().collect();
-        sorted.sort_by(|a, b| (&*a.1, a.2.seq).cmp(&(&*b.1, b.2.seq)));
+    fn move_in(&mut self, records: &[StagedRef<'_>], prefix: bool) -> StoreResult<()> {
+        let mut sorted: Vec<&StagedRef<'_>> = records.iter().collect();
+        sorted.sort_by(|a, b| (&**a.1, a.2.seq).cmp(&(&**b.1, b.2.seq)));
         // One batch per run of a log's records (at most BATCH_RECORDS).
         for run in sorted.chunk_by(|a, b| a.1 == b.1) {
-            let log = &*run[0].1;
+            let log: &str = run[0].1;
             for batch in run.chunks(BATCH_RECORDS) {
-                let recs: Vec<&LogRecord> = batch.iter().map(|s| &s.2).collect();
+                let recs: Vec<&LogRecord> = batch.iter().map(|s| s.2).collect();
                 let last = recs.last().map_or(0, |r| r.seq);
                 self.logs
                     .insert((log, last), encode_batch(&recs)?.as_slice())

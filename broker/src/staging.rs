@@ -18,10 +18,11 @@
 //! table, because moves take the oldest staged records first (or all of a
 //! log's, before a trim). Reads rely on that.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 
 use crate::store::LogRecord;
 
@@ -43,7 +44,7 @@ struct State {
     /// Staging keys in commit order with their log; a key whose record has
     /// moved out of turn (before a trim) is skipped when met.
     order: VecDeque<(u64, Arc<str>)>,
-    logs: HashMap<Arc<str>, Tail>,
+    logs: FxHashMap<Arc<str>, Tail>,
     records: usize,
     bytes: usize,
     next_key: u64,
@@ -54,7 +55,7 @@ struct State {
 struct Tail {
     /// `(staging key, record)`, ascending in both.
     records: VecDeque<(u64, LogRecord)>,
-    ids: HashMap<String, u64>,
+    ids: FxHashMap<String, u64>,
 }
 
 impl Tail {
@@ -65,6 +66,8 @@ impl Tail {
 
 /// A staged record: its staging key, its log, the record.
 pub(crate) type Staged = (u64, Arc<str>, LogRecord);
+/// A staged record, borrowed.
+pub(crate) type StagedRef<'a> = (u64, &'a Arc<str>, &'a LogRecord);
 
 /// What one commit changes in the staging, applied once it is durable.
 #[derive(Default)]
@@ -74,7 +77,7 @@ pub(crate) struct Step {
     added: Vec<Staged>,
     /// Per log, the highest key moved out by this commit (each log's moved
     /// records are the oldest it had).
-    moved: HashMap<Arc<str>, u64>,
+    moved: FxHashMap<Arc<str>, u64>,
 }
 
 impl Step {
@@ -100,10 +103,14 @@ impl Step {
     }
 
     /// Notes that these records (committed earlier) move out.
-    pub(crate) fn moved(&mut self, records: &[Staged]) {
-        for (key, log, _) in records {
-            let m = self.moved.entry(log.clone()).or_insert(*key);
-            *m = (*m).max(*key);
+    pub(crate) fn moved<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a Arc<str>)>) {
+        for (key, log) in records {
+            match self.moved.get_mut(log) {
+                Some(m) => *m = (*m).max(key),
+                None => {
+                    self.moved.insert(log.clone(), key);
+                }
+            }
         }
     }
 
@@ -156,13 +163,19 @@ impl Staging {
         s.records + step.added.len() > STAGED_RECORDS || s.bytes + bytes > STAGED_BYTES
     }
 
-    /// Up to `n` of the oldest staged records that `step` has not moved,
-    /// in key order.
-    pub(crate) fn oldest(&self, n: usize, step: &Step) -> Vec<Staged> {
+    /// Hands `f` up to `n` of the oldest staged records that `step` has
+    /// not moved, in key order (borrowed: the staging stays read-locked
+    /// meanwhile, which only holds up this commit's own `apply`).
+    pub(crate) fn with_oldest<R>(
+        &self,
+        n: usize,
+        step: &Step,
+        f: impl FnOnce(&[StagedRef<'_>]) -> R,
+    ) -> R {
         let s = self.state.read();
         let mut out = Vec::with_capacity(n.min(s.records));
         // The next unvisited record of each log seen so far.
-        let mut at: HashMap<&str, usize> = HashMap::new();
+        let mut at: FxHashMap<&str, usize> = FxHashMap::default();
         for (key, log) in &s.order {
             if out.len() >= n {
                 break;
@@ -175,13 +188,13 @@ impl Staging {
                 Some((k, r)) if k == key => {
                     *i += 1;
                     if !step.has_moved(log, *key) {
-                        out.push((*key, log.clone(), r.clone()));
+                        out.push((*key, log, r));
                     }
                 }
                 _ => {} // moved out of turn
             }
         }
-        out
+        f(&out)
     }
 
     /// Every staged record of `log` that `step` has not moved.
@@ -337,19 +350,21 @@ mod tests {
         let mut step = s.step();
         let b = s.of_log("b", &step);
         assert_eq!(b.len(), 2);
-        step.moved(&b);
-        let old = s.oldest(2, &step);
+        step.moved(b.iter().map(|r| (r.0, &r.1)));
+        let old: Vec<(u64, Arc<str>, u64)> = s.with_oldest(2, &step, |v| {
+            v.iter().map(|r| (r.0, r.1.clone(), r.2.seq)).collect()
+        });
         assert_eq!(
-            old.iter().map(|r| (&*r.1, r.2.seq)).collect::<Vec<_>>(),
+            old.iter().map(|r| (&*r.1, r.2)).collect::<Vec<_>>(),
             vec![("a", 1), ("a", 2)]
         );
-        step.moved(&old);
+        step.moved(old.iter().map(|r| (r.0, &r.1)));
         s.apply(step);
         assert_eq!(s.last("b"), None);
         assert_eq!(s.read("a", 0, 10).1, Some(3));
         assert_eq!(s.seq_of("a", "id1"), None, "moved ids leave");
         let step = s.step();
-        assert_eq!(s.oldest(10, &step).len(), 1);
+        assert_eq!(s.with_oldest(10, &step, |v| v.len()), 1);
         assert_eq!(step.next_key, 5, "keys are never reused");
     }
 }

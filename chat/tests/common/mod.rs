@@ -199,16 +199,8 @@ impl Phone {
 
     /// Connects `user`'s `device` with `token` and subscribes to its inbox.
     pub async fn connect_with(addr: SocketAddr, user: &str, device: &str, token: &str) -> Phone {
-        let mut p = Phone::raw(addr, user, device).await;
         let id = courier_chat::topics::client_id(user, device);
-        p.send(connect_packet(&id, "", token)).await;
-        match p.packet().await {
-            Some(Packet::ConnAck(ConnAck {
-                code: ConnectReturnCode::Success,
-                ..
-            })) => {}
-            other => panic!("{id}: expected a successful CONNACK, got {other:?}"),
-        }
+        let mut p = Phone::connected(addr, user, device, &id, token).await;
         let inbox = courier_chat::topics::inbox(user, device);
         assert_eq!(
             p.subscribe(&inbox).await,
@@ -219,9 +211,14 @@ impl Phone {
 
     /// Opens a peek connection for `user`'s `device` (no subscription).
     pub async fn connect_peek(addr: SocketAddr, user: &str, device: &str, token: &str) -> Phone {
-        let mut p = Phone::raw(addr, user, device).await;
         let id = courier_chat::topics::peek_client_id(user, device);
-        p.send(connect_packet(&id, "", token)).await;
+        Phone::connected(addr, user, device, &id, token).await
+    }
+
+    /// Connects as `id`, which must succeed.
+    async fn connected(addr: SocketAddr, user: &str, device: &str, id: &str, token: &str) -> Phone {
+        let mut p = Phone::raw(addr, user, device).await;
+        p.send(connect_packet(id, "", token)).await;
         match p.packet().await {
             Some(Packet::ConnAck(ConnAck {
                 code: ConnectReturnCode::Success,
