@@ -51,6 +51,11 @@ pub struct Config {
     /// before the acknowledgements waiting on it fail (seconds). The
     /// embedded store never refuses that way.
     pub commit_retry_secs: u64,
+    /// Named-log appends the embedded store holds staged (in memory and in
+    /// one table) before a commit moves half of them into their logs.
+    pub staging_records: usize,
+    /// Bytes of staged appends that also start a move.
+    pub staging_bytes: usize,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Authentication.
@@ -73,6 +78,8 @@ impl Default for Config {
             flush_interval_ms: 100,
             commit_delay_us: 500,
             commit_retry_secs: 30,
+            staging_records: 8192,
+            staging_bytes: 8 << 20,
             limits: Limits::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
@@ -327,7 +334,25 @@ impl Config {
                 "commit_delay_us must be at most 100000 (0.1 s)".into(),
             ));
         }
+        if !(64..=1 << 24).contains(&self.staging_records) {
+            return Err(ConfigError::Invalid(
+                "staging_records must be between 64 and 16777216".into(),
+            ));
+        }
+        if !(1 << 16..=1 << 30).contains(&self.staging_bytes) {
+            return Err(ConfigError::Invalid(
+                "staging_bytes must be between 65536 and 1073741824".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The embedded store's staging limits.
+    pub fn staging_limits(&self) -> crate::redb_store::StagingLimits {
+        crate::redb_store::StagingLimits {
+            records: self.staging_records,
+            bytes: self.staging_bytes,
+        }
     }
 }
 
@@ -351,6 +376,10 @@ mod tests {
     fn commit_delay_is_bounded() {
         let cfg: Config = toml::from_str("commit_delay_us = 200000").unwrap();
         assert!(cfg.validate().is_err());
+        let cfg: Config = toml::from_str("staging_records = 10").unwrap();
+        assert!(cfg.validate().is_err(), "staging_records below 64");
+        let cfg: Config = toml::from_str("staging_bytes = 1024").unwrap();
+        assert!(cfg.validate().is_err(), "staging_bytes below 64 KiB");
         let cfg: Config = toml::from_str("commit_delay_us = 0").unwrap();
         assert!(cfg.validate().is_ok());
     }

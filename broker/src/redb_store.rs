@@ -18,7 +18,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::data_dir;
 use crate::message::Message;
-use crate::staging::{self, Staged, StagedRef, Staging};
+pub use crate::staging::StagingLimits;
+use crate::staging::{Staged, StagedRef, Staging};
 use crate::store::{
     LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
 };
@@ -106,6 +107,11 @@ impl RedbStore {
     /// Refuses a directory that holds anything else, or a store of another
     /// format, with [`StoreError::DataDir`].
     pub fn open(dir: &Path) -> StoreResult<Arc<RedbStore>> {
+        Self::open_with(dir, StagingLimits::default())
+    }
+
+    /// [`RedbStore::open`] with these limits for staged named-log appends.
+    pub fn open_with(dir: &Path, limits: StagingLimits) -> StoreResult<Arc<RedbStore>> {
         let refuse = |problem: String| StoreError::DataDir {
             path: dir.to_owned(),
             problem,
@@ -145,7 +151,7 @@ impl RedbStore {
             let v = meta.get(IDS_BELOW).map_err(io)?.map(|g| g.value());
             v.unwrap_or(1).max(1)
         };
-        let staging = Staging::default();
+        let staging = Staging::new(limits);
         staging.load(Self::staged(&db)?);
         Ok(Arc::new(RedbStore {
             db,
@@ -442,23 +448,22 @@ impl RedbStore {
             }
             // Enough staged: the oldest move into their logs, many records
             // per page.
-            if self.staging.due(&step) {
-                let moved = self
-                    .staging
-                    .with_oldest(staging::MOVE_CHUNK, &step, |oldest| {
-                        named.move_in(oldest, true)?;
-                        // Per log, the last key moved.
-                        let mut last: rustc_hash::FxHashMap<Arc<str>, u64> = Default::default();
-                        for (key, log, _) in oldest {
-                            match last.get_mut(*log) {
-                                Some(k) => *k = (*k).max(*key),
-                                None => {
-                                    last.insert(Arc::clone(log), *key);
-                                }
+            let n = self.staging.to_move(&step);
+            if n > 0 {
+                let moved = self.staging.with_oldest(n, &step, |oldest| {
+                    named.move_in(oldest, true)?;
+                    // Per log, the last key moved.
+                    let mut last: rustc_hash::FxHashMap<Arc<str>, u64> = Default::default();
+                    for (key, log, _) in oldest {
+                        match last.get_mut(*log) {
+                            Some(k) => *k = (*k).max(*key),
+                            None => {
+                                last.insert(Arc::clone(log), *key);
                             }
                         }
-                        StoreResult::Ok(last)
-                    })?;
+                    }
+                    StoreResult::Ok(last)
+                })?;
                 step.moved(moved.iter().map(|(log, key)| (*key, log)));
             }
             // Every id used by a write above was handed out before it was
@@ -1031,6 +1036,15 @@ mod tests {
     /// whole and in order, before and after a reopen.
     #[test]
     fn named_logs_read_the_same_across_staging_moves_trims_and_reopen() {
+        named_logs_across_moves(StagingLimits::default());
+        // Tiny limits: a move every few commits, trims cutting batches.
+        named_logs_across_moves(StagingLimits {
+            records: 64,
+            bytes: 1 << 16,
+        });
+    }
+
+    fn named_logs_across_moves(limits: StagingLimits) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let logs = ["c/a", "i/bob", "i/carol", "c/b"];
@@ -1077,7 +1091,7 @@ mod tests {
                 }
             }
         };
-        let mut s = RedbStore::open(&data).unwrap();
+        let mut s = RedbStore::open_with(&data, limits).unwrap();
         for round in 0..30u64 {
             let mut writes = Vec::new();
             for n in 0..700u64 {
@@ -1106,7 +1120,7 @@ mod tests {
             check(&s, &last, &trimmed);
             if round % 10 == 9 {
                 drop(s);
-                s = RedbStore::open(&data).unwrap();
+                s = RedbStore::open_with(&data, limits).unwrap();
                 check(&s, &last, &trimmed);
             }
         }

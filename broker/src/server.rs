@@ -70,7 +70,8 @@ impl ServerBuilder {
         };
         let store = match self.store {
             Some(s) => s,
-            None => RedbStore::open(&self.config.data_dir).map_err(BrokerError::from)?,
+            None => RedbStore::open_with(&self.config.data_dir, self.config.staging_limits())
+                .map_err(BrokerError::from)?,
         };
         let broker = Broker::open_with(self.config, hooks, store)?;
         for (prefix, handler) in self.namespaces {

@@ -26,16 +26,29 @@ use rustc_hash::FxHashMap;
 
 use crate::store::LogRecord;
 
-/// More staged records than this start a move.
-const STAGED_RECORDS: usize = 8192;
-/// More staged bytes than this start a move.
-const STAGED_BYTES: usize = 8 << 20;
-/// Records moved by one commit.
-pub(crate) const MOVE_CHUNK: usize = 4096;
+/// How much may be staged before a commit moves records (the memory the
+/// staging holds is about this much).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagingLimits {
+    /// More staged records than this start a move of half as many.
+    pub records: usize,
+    /// More staged bytes than this start a move.
+    pub bytes: usize,
+}
+
+impl Default for StagingLimits {
+    fn default() -> Self {
+        StagingLimits {
+            records: 8192,
+            bytes: 8 << 20,
+        }
+    }
+}
 
 /// The staged records, as committed.
 #[derive(Default)]
 pub(crate) struct Staging {
+    limits: StagingLimits,
     state: RwLock<State>,
 }
 
@@ -120,6 +133,14 @@ impl Step {
 }
 
 impl Staging {
+    /// An empty staging with these limits.
+    pub(crate) fn new(limits: StagingLimits) -> Staging {
+        Staging {
+            limits,
+            state: RwLock::default(),
+        }
+    }
+
     /// Starts a commit's changes.
     pub(crate) fn step(&self) -> Step {
         Step {
@@ -155,12 +176,22 @@ impl Staging {
         }
     }
 
-    /// Whether so much is staged (with `step`'s additions) that this commit
-    /// should move some.
-    pub(crate) fn due(&self, step: &Step) -> bool {
+    /// How many of the oldest staged records this commit should move (0:
+    /// none). Past a limit, enough to get back to half of it, so the
+    /// staging stays bounded whatever one commit appends.
+    pub(crate) fn to_move(&self, step: &Step) -> usize {
         let s = self.state.read();
-        let bytes: usize = step.added.iter().map(|r| size(&r.2)).sum();
-        s.records + step.added.len() > STAGED_RECORDS || s.bytes + bytes > STAGED_BYTES
+        let added: usize = step.added.iter().map(|r| size(&r.2)).sum();
+        let (records, bytes) = (s.records + step.added.len(), s.bytes + added);
+        let mut n = 0;
+        if records > self.limits.records {
+            n = records - self.limits.records / 2;
+        }
+        if bytes > self.limits.bytes {
+            // Records are of any size: move half of what is staged.
+            n = n.max(s.records.div_ceil(2));
+        }
+        n
     }
 
     /// Hands `f` up to `n` of the oldest staged records that `step` has

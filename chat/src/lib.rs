@@ -169,7 +169,8 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         .map_err(courier::server::ServerError::from)?;
     let tokens = load_tokens(&chat)?;
     let inner = Broker::config_hooks(&config)?;
-    let store = RedbStore::open(&config.data_dir).map_err(courier::broker::BrokerError::from)?;
+    let store = RedbStore::open_with(&config.data_dir, config.staging_limits())
+        .map_err(courier::broker::BrokerError::from)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let enabled = chat.enabled;
     let me = Arc::new(Chat {
