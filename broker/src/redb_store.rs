@@ -430,13 +430,8 @@ impl RedbStore {
                         let upto = *upto;
                         // Its staged records join the log first, so the
                         // trim sees all of it.
-                        let earlier = self.staging.of_log(log, &step);
-                        step.moved(earlier.iter().map(|r| (r.0, &r.1)));
-                        let mut all = earlier;
-                        all.extend(step.take_added(log));
-                        let all: Vec<StagedRef<'_>> =
-                            all.iter().map(|r| (r.0, &r.1, &r.2)).collect();
-                        named.move_in(&all, false)?;
+                        self.staging
+                            .move_log(log, &mut step, |all| named.move_in(all, false))?;
                         named.trim(log, upto)?;
                     }
                     Write::LogCursor { log, consumer, seq } => {
@@ -450,21 +445,8 @@ impl RedbStore {
             // per page.
             let n = self.staging.to_move(&step);
             if n > 0 {
-                let moved = self.staging.with_oldest(n, &step, |oldest| {
-                    named.move_in(oldest, true)?;
-                    // Per log, the last key moved.
-                    let mut last: rustc_hash::FxHashMap<Arc<str>, u64> = Default::default();
-                    for (key, log, _) in oldest {
-                        match last.get_mut(*log) {
-                            Some(k) => *k = (*k).max(*key),
-                            None => {
-                                last.insert(Arc::clone(log), *key);
-                            }
-                        }
-                    }
-                    StoreResult::Ok(last)
-                })?;
-                step.moved(moved.iter().map(|(log, key)| (*key, log)));
+                self.staging
+                    .move_oldest(n, &mut step, |oldest| named.move_in(oldest, true))?;
             }
             // Every id used by a write above was handed out before it was
             // journaled, so it is below the counter read now.

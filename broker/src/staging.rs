@@ -107,7 +107,7 @@ impl Step {
     }
 
     /// Takes out the records of `log` this commit staged.
-    pub(crate) fn take_added(&mut self, log: &str) -> Vec<Staged> {
+    fn take_added(&mut self, log: &str) -> Vec<Staged> {
         let (mine, rest) = std::mem::take(&mut self.added)
             .into_iter()
             .partition(|s| &*s.1 == log);
@@ -115,8 +115,8 @@ impl Step {
         mine
     }
 
-    /// Notes that these records (committed earlier) move out.
-    pub(crate) fn moved<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a Arc<str>)>) {
+    /// Notes that these records move out.
+    fn moved<'a>(&mut self, records: impl IntoIterator<Item = (u64, &'a Arc<str>)>) {
         for (key, log) in records {
             match self.moved.get_mut(log) {
                 Some(m) => *m = (*m).max(key),
@@ -194,15 +194,16 @@ impl Staging {
         n
     }
 
-    /// Hands `f` up to `n` of the oldest staged records that `step` has
-    /// not moved, in key order (borrowed: the staging stays read-locked
-    /// meanwhile, which only holds up this commit's own `apply`).
-    pub(crate) fn with_oldest<R>(
+    /// Moves up to `n` of the oldest staged records that `step` has not
+    /// moved yet, in key order: `f` writes them into their logs (borrowed:
+    /// the staging stays read-locked meanwhile, which holds up only this
+    /// commit's own `apply`), then `step` notes them moved.
+    pub(crate) fn move_oldest<E>(
         &self,
         n: usize,
-        step: &Step,
-        f: impl FnOnce(&[StagedRef<'_>]) -> R,
-    ) -> R {
+        step: &mut Step,
+        f: impl FnOnce(&[StagedRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let s = self.state.read();
         let mut out = Vec::with_capacity(n.min(s.records));
         // The next unvisited record of each log seen so far.
@@ -225,20 +226,34 @@ impl Staging {
                 _ => {} // moved out of turn
             }
         }
-        f(&out)
+        f(&out)?;
+        step.moved(out.iter().map(|r| (r.0, r.1)));
+        Ok(())
     }
 
-    /// Every staged record of `log` that `step` has not moved.
-    pub(crate) fn of_log(&self, log: &str, step: &Step) -> Vec<Staged> {
+    /// Moves every staged record of `log` (this commit's too), the same
+    /// way.
+    pub(crate) fn move_log<E>(
+        &self,
+        log: &str,
+        step: &mut Step,
+        f: impl FnOnce(&[StagedRef<'_>]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let s = self.state.read();
-        let Some((name, tail)) = s.logs.get_key_value(log) else {
-            return Vec::new();
+        let added = step.take_added(log);
+        let mut out: Vec<StagedRef<'_>> = match s.logs.get_key_value(log) {
+            Some((name, tail)) => tail
+                .records
+                .iter()
+                .filter(|(k, _)| !step.has_moved(log, *k))
+                .map(|(k, r)| (*k, name, r))
+                .collect(),
+            None => Vec::new(),
         };
-        tail.records
-            .iter()
-            .filter(|(k, _)| !step.has_moved(log, *k))
-            .map(|(k, r)| (*k, name.clone(), r.clone()))
-            .collect()
+        out.extend(added.iter().map(|r| (r.0, &r.1, &r.2)));
+        f(&out)?;
+        step.moved(out.iter().map(|r| (r.0, r.1)));
+        Ok(())
     }
 
     /// Up to `limit` staged records of `log` from `from` on, ascending, and
@@ -379,23 +394,32 @@ mod tests {
         stage(&s, &[("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]);
         // b moves whole (a trim), then the two oldest others.
         let mut step = s.step();
-        let b = s.of_log("b", &step);
-        assert_eq!(b.len(), 2);
-        step.moved(b.iter().map(|r| (r.0, &r.1)));
-        let old: Vec<(u64, Arc<str>, u64)> = s.with_oldest(2, &step, |v| {
-            v.iter().map(|r| (r.0, r.1.clone(), r.2.seq)).collect()
-        });
-        assert_eq!(
-            old.iter().map(|r| (&*r.1, r.2)).collect::<Vec<_>>(),
-            vec![("a", 1), ("a", 2)]
-        );
-        step.moved(old.iter().map(|r| (r.0, &r.1)));
+        let mut b = 0;
+        s.move_log("b", &mut step, |v| {
+            b = v.len();
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(b, 2);
+        let mut old = Vec::new();
+        s.move_oldest(2, &mut step, |v| {
+            old = v.iter().map(|r| (r.1.to_string(), r.2.seq)).collect();
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(old, vec![("a".to_string(), 1), ("a".to_string(), 2)]);
         s.apply(step);
         assert_eq!(s.last("b"), None);
         assert_eq!(s.read("a", 0, 10).1, Some(3));
         assert_eq!(s.seq_of("a", "id1"), None, "moved ids leave");
-        let step = s.step();
-        assert_eq!(s.with_oldest(10, &step, |v| v.len()), 1);
+        let mut step = s.step();
+        let mut left = 0;
+        s.move_oldest(10, &mut step, |v| {
+            left = v.len();
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(left, 1);
         assert_eq!(step.next_key, 5, "keys are never reused");
     }
 }

@@ -17,16 +17,14 @@ use bytes::Bytes;
 use courier::broker::Delivered;
 use courier::feed::{ClientUpdate, Feed};
 use courier::message::Message;
-use courier::store::LogRecord;
 use courier::tracker::{DropReason, Outcome, Tracker};
 use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::identity::{device_of, scope_of, Scope};
 use crate::proto;
-use crate::records::{self, conversation_log, inbox_log, ConvKind, InboxRef};
-use crate::requests::to_entry;
-use crate::{topics, Chat};
+use crate::records::{conversation_log, inbox_log, ConvKind};
+use crate::{inbox, topics, Chat};
 
 /// How often cursors are saved and receipts sent.
 const FLUSH: Duration = Duration::from_millis(50);
@@ -176,8 +174,8 @@ impl Deliveries {
 
     fn saved_cursor(&self, user: &str, device: &str) -> u64 {
         let Ok(b) = self.chat.broker() else { return 0 };
-        match b.logs().cursors(&inbox_log(user)) {
-            Ok(c) => c.iter().find(|(n, _)| n == device).map_or(0, |c| c.1),
+        match inbox::saved_cursor(b.logs(), user, device) {
+            Ok(c) => c,
             Err(e) => {
                 tracing::error!(user, device, "chat: reading inbox cursor: {e}");
                 0
@@ -350,92 +348,40 @@ impl Deliveries {
         }
     }
 
-    /// Reads the next inbox entries of `p` (up to `limit`) and the entries
-    /// they point to (one read per conversation where they lie close
-    /// together) into `p.ready`. False if there is nothing to read.
+    /// Reads the next inbox entries of `p` (up to `limit`) into
+    /// `p.ready`. False if there is nothing to read.
     fn read_ahead(p: &mut Pump, broker: &courier::Broker, id: &Arc<str>, limit: usize) -> bool {
-        let logs = broker.logs();
-        let refs = match logs.read(&inbox_log(&p.user), p.next, limit) {
-            Ok(r) => r,
+        let page = match inbox::read(broker.logs(), &p.user, &p.device, p.next, limit) {
+            Ok(page) => page,
             Err(e) => {
                 tracing::error!(client_id = %id, "chat: reading inbox: {e}");
                 return false;
             }
         };
-        // The first entry the inbox still has from `next` on; past `next`,
-        // retention removed what lies between.
-        let first = match refs.first() {
-            Some(r) => r.seq,
-            // Committed: what a read would see (a newer append is not a
-            // gap, only not readable yet).
-            None => match logs.last_committed(&inbox_log(&p.user)) {
-                Ok(last) if last >= p.next => last + 1,
-                _ => return false,
-            },
-        };
-        if first > p.next {
-            p.ready.push_back(Ready::Gap(first - p.next, first));
-            p.next = first;
+        if page.lost > 0 {
+            p.ready.push_back(Ready::Gap(page.lost, page.first));
+            p.next = page.first;
         }
-        let decoded: Vec<Option<InboxRef>> = refs
-            .iter()
-            .map(|r| records::decode::<InboxRef>(&r.data))
-            .collect();
-        let mut spans: HashMap<&str, (u64, u64, u64)> = HashMap::new();
-        for iref in decoded.iter().flatten() {
-            let e = spans
-                .entry(iref.conversation.as_str())
-                .or_insert((iref.seq, iref.seq, 0));
-            *e = (e.0.min(iref.seq), e.1.max(iref.seq), e.2 + 1);
-        }
-        let mut cache: HashMap<(String, u64), LogRecord> = HashMap::new();
-        for (conv, (lo, hi, n)) in spans {
-            if hi - lo < 4 * n + 8 {
-                if let Ok(recs) = logs.read(&conversation_log(conv), lo, (hi - lo + 1) as usize) {
-                    for rec in recs {
-                        cache.insert((conv.to_owned(), rec.seq), rec);
-                    }
+        for item in page.items {
+            match item {
+                inbox::Item::Skip(seq) => {
+                    p.next = seq + 1;
+                    p.ready.push_back(Ready::Skip(seq));
+                }
+                inbox::Item::Entry(seq, conv, entry) => {
+                    p.next = seq + 1;
+                    let conv_seq = entry.seq;
+                    let down = proto::Down {
+                        kind: Some(proto::down::Kind::Entry(entry)),
+                    };
+                    p.ready.push_back(Ready::Send(
+                        seq,
+                        conv,
+                        conv_seq,
+                        Bytes::from(down.encode_to_vec()),
+                    ));
                 }
             }
-        }
-        for (r, iref) in refs.into_iter().zip(decoded) {
-            p.next = r.seq + 1;
-            let Some(iref) = iref else {
-                tracing::error!(client_id = %id, seq = r.seq, "chat: unreadable inbox entry skipped");
-                p.ready.push_back(Ready::Skip(r.seq));
-                continue;
-            };
-            if iref.from_device.as_deref() == Some(p.device.as_str()) {
-                // The device's own message: it has it.
-                p.ready.push_back(Ready::Skip(r.seq));
-                continue;
-            }
-            let rec = match cache.remove(&(iref.conversation.clone(), iref.seq)) {
-                Some(rec) => Some(rec),
-                None => match logs.read(&conversation_log(&iref.conversation), iref.seq, 1) {
-                    Ok(v) => v.into_iter().find(|e| e.seq == iref.seq),
-                    Err(e) => {
-                        tracing::error!(client_id = %id, "chat: reading conversation: {e}");
-                        p.next = r.seq;
-                        return !p.ready.is_empty();
-                    }
-                },
-            };
-            // Gone from the conversation (retention): nothing to send.
-            let Some(entry) = rec.and_then(|e| to_entry(&iref.conversation, &e, Some(&p.user)))
-            else {
-                p.ready.push_back(Ready::Skip(r.seq));
-                continue;
-            };
-            let down = proto::Down {
-                kind: Some(proto::down::Kind::Entry(entry)),
-            };
-            p.ready.push_back(Ready::Send(
-                r.seq,
-                iref.conversation,
-                iref.seq,
-                Bytes::from(down.encode_to_vec()),
-            ));
         }
         !p.ready.is_empty()
     }

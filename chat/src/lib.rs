@@ -32,6 +32,7 @@ mod delivery;
 mod directory;
 mod error;
 pub mod identity;
+mod inbox;
 mod records;
 mod requests;
 mod retention;

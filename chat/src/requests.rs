@@ -17,10 +17,8 @@ use crate::directory::direct_id;
 use crate::error::ChatError;
 use crate::identity::{device_of, is_admin, scope_of, Scope};
 use crate::proto::{self, request::Op};
-use crate::records::{
-    self, conversation_log, inbox_log, Action, ConvKind, StoredEntry, StoredKind,
-};
-use crate::{delivery, topics, Chat};
+use crate::records::{self, conversation_log, Action, ConvKind, StoredEntry, StoredKind};
+use crate::{delivery, inbox, topics, Chat};
 
 /// Longest client message id.
 const MAX_CLIENT_MSG_ID: usize = 64;
@@ -744,39 +742,22 @@ impl Chat {
     fn fetch(&self, user: &str, device: &str, limit: usize) -> Result<proto::Fetched, ChatError> {
         let broker = self.broker()?;
         let logs = broker.logs();
-        let inbox = inbox_log(user);
-        let cursor = logs
-            .cursors(&inbox)?
-            .iter()
-            .find(|(n, _)| n == device)
-            .map_or(0, |c| c.1);
-        let refs = logs.read(&inbox, cursor + 1, limit)?;
-        // Past the cursor, retention removed what lies before the first.
-        let first = match refs.first() {
-            Some(r) => r.seq,
-            None => logs.last_committed(&inbox)?.max(cursor) + 1,
-        };
-        let mut out = proto::Fetched {
-            entries: Vec::new(),
-            lost: first - (cursor + 1),
-            more: refs.len() == limit,
-        };
-        for r in &refs {
-            let Some(iref) = records::decode::<records::InboxRef>(&r.data) else {
-                continue;
-            };
-            if iref.from_device.as_deref() == Some(device) {
-                continue; // the device's own
-            }
-            let log = conversation_log(&iref.conversation);
-            let entry = logs
-                .read(&log, iref.seq, 1)?
-                .into_iter()
-                .find(|e| e.seq == iref.seq)
-                .and_then(|e| to_entry(&iref.conversation, &e, Some(user)));
-            out.entries.extend(entry);
-        }
-        Ok(out)
+        let cursor = inbox::saved_cursor(logs, user, device)?;
+        let page = inbox::read(logs, user, device, cursor + 1, limit)?;
+        let more = page.items.len() == limit;
+        let entries = page
+            .items
+            .into_iter()
+            .filter_map(|item| match item {
+                inbox::Item::Entry(_, _, e) => Some(e),
+                inbox::Item::Skip(_) => None,
+            })
+            .collect();
+        Ok(proto::Fetched {
+            entries,
+            lost: page.lost,
+            more,
+        })
     }
 }
 

@@ -407,6 +407,27 @@ async fn drive(senders: Vec<Sender>, flow: Flow, stats: &Arc<Stats>) -> Vec<Devi
     devices
 }
 
+/// Drives `senders` for the flow, reports the run (with the broker's disk
+/// writes over it), and closes every device.
+async fn measure(
+    args: &Args,
+    scenario: &str,
+    extra: serde_json::Value,
+    senders: Vec<Sender>,
+    others: Vec<Device>,
+    flow: Flow,
+    stats: &Arc<Stats>,
+) {
+    let w0 = written_bytes(args.pid);
+    let devices = drive(senders, flow, stats).await;
+    let w1 = written_bytes(args.pid);
+    let written = w0.zip(w1).map(|(a, b)| b - a);
+    report(args, scenario, extra, stats, flow.duration, written);
+    for d in devices.into_iter().chain(others) {
+        d.close().await;
+    }
+}
+
 fn report(
     args: &Args,
     scenario: &str,
@@ -464,21 +485,8 @@ async fn main() -> anyhow::Result<()> {
                     to_user: b,
                 });
             }
-            let w0 = written_bytes(args.pid);
-            let devices = drive(senders, flow, &stats).await;
-            let w1 = written_bytes(args.pid);
-            let written = w0.zip(w1).map(|(a, b)| b - a);
-            report(
-                &args,
-                "direct",
-                serde_json::json!({"pairs": pairs, "rate": flow.rate}),
-                &stats,
-                flow.duration,
-                written,
-            );
-            for d in devices.into_iter().chain(receivers) {
-                d.close().await;
-            }
+            let extra = serde_json::json!({"pairs": pairs, "rate": flow.rate});
+            measure(&args, "direct", extra, senders, receivers, flow, &stats).await;
         }
         Scenario::Group {
             size,
@@ -518,21 +526,8 @@ async fn main() -> anyhow::Result<()> {
                     to_user: String::new(),
                 });
             }
-            let w0 = written_bytes(args.pid);
-            let devices = drive(senders, flow, &stats).await;
-            let w1 = written_bytes(args.pid);
-            let written = w0.zip(w1).map(|(a, b)| b - a);
-            report(
-                &args,
-                "group",
-                serde_json::json!({"size": size, "groups": groups, "offline": offline, "rate": flow.rate}),
-                &stats,
-                flow.duration,
-                written,
-            );
-            for d in devices.into_iter().chain(online) {
-                d.close().await;
-            }
+            let extra = serde_json::json!({"size": size, "groups": groups, "offline": offline, "rate": flow.rate});
+            measure(&args, "group", extra, senders, online, flow, &stats).await;
         }
         Scenario::Catchup { messages } => {
             let (a, b) = (format!("{run}a"), format!("{run}b"));
