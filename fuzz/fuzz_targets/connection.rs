@@ -36,9 +36,7 @@ fn world() -> &'static World {
         config.durability = courier::config::Durability::Periodic;
         config.limits.connect_timeout_secs = 1;
         let broker = rt.block_on(async { Broker::open(config).unwrap() });
-        broker
-            .claim_namespace("chat", Arc::new(Answering))
-            .unwrap();
+        broker.claim_namespace("chat", Arc::new(Answering)).unwrap();
         World { rt, broker }
     })
 }
@@ -52,7 +50,9 @@ impl Namespace for Answering {
     fn publish(&self, broker: &Arc<Broker>, p: Inbound) {
         match p.message.payload.first().copied().unwrap_or(0) % 5 {
             0 => p.ack.accept(),
-            1 => p.ack.answer(Reply::refuse(AckCode::QuotaExceeded, "slow down")),
+            1 => p
+                .ack
+                .answer(Reply::refuse(AckCode::QuotaExceeded, "slow down")),
             2 => drop(p),
             3 => {
                 tokio::spawn(async move {

@@ -88,11 +88,27 @@ async fn accept<T: Transport>(
         t.close().await;
         return None;
     };
-    let conn = Conn::start(broker.clone(), t, version, connect, will, login, buf, peer).await;
-    if conn.is_none() {
-        Metrics::inc(&broker.metrics.connects_refused);
+    let now = Now::of(&broker);
+    match Protocol::open(
+        broker.clone(),
+        version,
+        connect,
+        will,
+        login,
+        buf,
+        peer,
+        now,
+    )
+    .await
+    {
+        Ok(p) => Some(Box::new(Conn { p, t })),
+        Err(code) => {
+            Metrics::inc(&broker.metrics.connects_refused);
+            let _ = refuse(&mut t, version, code).await;
+            t.close().await;
+            None
+        }
     }
-    conn
 }
 
 async fn refuse<T: Transport>(
@@ -151,33 +167,33 @@ async fn read_connect<T: Transport>(
     }
 }
 
-impl<T: Transport> Conn<T> {
+impl Protocol {
+    /// Answers a decoded CONNECT: authenticates (the hooks may take their
+    /// time), attaches the session and queues the CONNACK and any resends.
+    /// `inbuf` holds what arrived after the CONNECT. No I/O: a refusal is
+    /// returned for the driver to send.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn start(
+    pub async fn open(
         broker: Arc<Broker>,
-        mut t: T,
         version: Version,
         connect: Connect,
         will: Option<LastWill>,
         login: Option<Login>,
         inbuf: BytesMut,
         peer: SocketAddr,
-    ) -> Option<Box<Conn<T>>> {
+        now: Now,
+    ) -> Result<Protocol, ConnectReturnCode> {
         let limits = broker.config.limits.clone();
         let props = connect.properties.clone().unwrap_or_default();
         if props.authentication_method.is_some() {
-            let _ = refuse(&mut t, version, ConnectReturnCode::BadAuthenticationMethod).await;
-            t.close().await;
-            return None;
+            return Err(ConnectReturnCode::BadAuthenticationMethod);
         }
         // Client id: 3.1.1 allows an empty one only with a clean session.
         let mut assigned = None;
         let client_id = if connect.client_id.is_empty() {
             if version == Version::V4 && !connect.clean_start {
                 tracing::info!(%peer, "empty client id with clean session 0; refused");
-                let _ = refuse(&mut t, version, ConnectReturnCode::ClientIdentifierNotValid).await;
-                t.close().await;
-                return None;
+                return Err(ConnectReturnCode::ClientIdentifierNotValid);
             }
             let id = format!("courier-{:016x}", rand_u64());
             assigned = Some(id.clone());
@@ -199,7 +215,7 @@ impl<T: Transport> Conn<T> {
         let mut principal = None;
         let code = match decision {
             AuthDecision::Allow => None,
-            AuthDecision::AllowAs(p) if p.expires_at.is_some_and(|t| t <= unix_now()) => {
+            AuthDecision::AllowAs(p) if p.expires_at.is_some_and(|t| t <= now.unix_secs) => {
                 Some(ConnectReturnCode::NotAuthorized)
             }
             AuthDecision::AllowAs(p) => {
@@ -211,9 +227,7 @@ impl<T: Transport> Conn<T> {
         };
         if let Some(code) = code {
             tracing::info!(%peer, client_id = %client_id, ?code, "authentication refused");
-            let _ = refuse(&mut t, version, code).await;
-            t.close().await;
-            return None;
+            return Err(code);
         }
         let client = ClientInfo {
             client_id: client_id.as_str().into(),
@@ -254,9 +268,7 @@ impl<T: Transport> Conn<T> {
                     .map(str::to_owned);
                 let Some(wt) = topic_ok else {
                     tracing::info!(%peer, client_id = %client.client_id, "invalid will topic; refused");
-                    let _ = refuse(&mut t, version, ConnectReturnCode::TopicNameInvalid).await;
-                    t.close().await;
-                    return None;
+                    return Err(ConnectReturnCode::TopicNameInvalid);
                 };
                 let wp = w.properties.unwrap_or(LastWillProperties {
                     delay_interval: None,
@@ -267,7 +279,7 @@ impl<T: Transport> Conn<T> {
                     correlation_data: None,
                     user_properties: Vec::new(),
                 });
-                let now = unix_now();
+                let now = now.unix_secs;
                 let msg_props = MessageProps {
                     payload_format: wp.payload_format_indicator,
                     content_type: wp.content_type,
@@ -291,9 +303,7 @@ impl<T: Transport> Conn<T> {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "attaching session failed");
-                let _ = refuse(&mut t, version, ConnectReturnCode::ServerUnavailable).await;
-                t.close().await;
-                return None;
+                return Err(ConnectReturnCode::ServerUnavailable);
             }
         };
         if let Some(t) = client.principal.as_ref().and_then(|p| p.expires_at) {
@@ -302,7 +312,7 @@ impl<T: Transport> Conn<T> {
         let max_inflight = limits.max_inflight as usize;
         let client_recv_max = props.receive_maximum.unwrap_or(u16::MAX).max(1) as usize;
         let log = attached.session.state.lock().log;
-        let mut conn = Conn {
+        let mut conn = Protocol {
             version,
             client: client.clone(),
             log,
@@ -336,7 +346,6 @@ impl<T: Transport> Conn<T> {
             throttle: Vec::new(),
             peer,
             broker,
-            t,
         };
         let ack_props = v5(version).then(|| ConnAckProperties {
             session_expiry_interval: expiry_capped.then_some(expiry),
@@ -374,14 +383,14 @@ impl<T: Transport> Conn<T> {
         // Anything in flight from an earlier connection goes again, marked DUP.
         let resend = conn.session.state.lock().resend();
         for n in resend {
-            conn.emit_next(n);
+            conn.emit_next(n, now.unix_secs);
         }
         tracing::debug!(%peer, client_id = %client.client_id, ?version, present = attached.session_present, "connected");
         conn.broker.emit(Event::Connected {
             client,
             session_present: attached.session_present,
         });
-        Some(Box::new(conn))
+        Ok(conn)
     }
 }
 

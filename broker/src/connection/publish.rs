@@ -4,8 +4,8 @@
 
 use super::*;
 
-impl<T: Transport> Conn<T> {
-    pub(super) fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+impl Protocol {
+    pub(super) fn on_publish(&mut self, p: Publish, now: u64) -> Result<(), Close> {
         Metrics::inc(&self.broker.metrics.publish_received);
         let v5 = v5(self.version);
         let props = p.properties.unwrap_or_default();
@@ -137,7 +137,7 @@ impl<T: Transport> Conn<T> {
             payload: p.payload,
             qos,
             retain: p.retain,
-            expires_at: props.message_expiry_interval.map(|e| unix_now() + e as u64),
+            expires_at: props.message_expiry_interval.map(|e| now + e as u64),
             props: boxed_props(MessageProps {
                 payload_format: props.payload_format_indicator,
                 content_type: props.content_type,
@@ -177,7 +177,7 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Hands a publish to the namespace that owns its topic; its answer
-    /// is released in order by [`Conn::release_answers`].
+    /// is released in order by [`Protocol::release_answers`].
     fn hand_to_namespace(&mut self, ns: Arc<dyn Namespace>, pkid: u16, msg: Message) {
         Metrics::inc(&self.broker.metrics.namespace_publishes);
         let ack = if msg.qos == 0 {
@@ -213,7 +213,7 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Queues a publish's acknowledgement: behind answers still awaited
-    /// from a namespace handler if any, else as [`Conn::ack`] does.
+    /// from a namespace handler if any, else as [`Protocol::ack`] does.
     fn ack_publish(&mut self, p: Packet, qos1: bool) {
         match self.acks.as_mut() {
             Some(q) => q.push(p, qos1),

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<T: Transport> Conn<T> {
+impl Protocol {
     pub(super) fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
         let sub_id = s.properties.as_ref().and_then(|p| p.id);
         if sub_id == Some(0) {
