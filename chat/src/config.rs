@@ -31,6 +31,11 @@ pub struct ChatConfig {
     pub history_max_entries: u64,
     /// How often retention runs, seconds.
     pub trim_interval_secs: u64,
+    /// How long after sending a message may be deleted for everyone,
+    /// seconds.
+    pub delete_window_secs: u64,
+    /// Largest attachment a message may refer to, bytes.
+    pub max_attachment_bytes: u64,
     /// Access tokens.
     pub tokens: TokenConfig,
 }
@@ -48,6 +53,8 @@ impl Default for ChatConfig {
             history_retention_secs: 0,
             history_max_entries: 0,
             trim_interval_secs: 60,
+            delete_window_secs: 2 * 24 * 3600,
+            max_attachment_bytes: 100 << 20,
             tokens: TokenConfig::default(),
         }
     }

@@ -18,8 +18,8 @@ use courier::store::LogRecord;
 use crate::directory::{Conversation, Directory, Member};
 use crate::error::ChatError;
 use crate::records::{
-    self, conversation_log, inbox_log, Action, ConvKind, DirRecord, InboxRef, StoredEntry,
-    StoredKind, DIRECTORY, FANOUT,
+    self, conversation_log, inbox_log, Action, ConvKind, DirRecord, GroupChange, InboxRef,
+    StoredEntry, StoredKind, DIRECTORY, FANOUT,
 };
 use crate::Chat;
 
@@ -111,8 +111,8 @@ impl Chat {
         self.change(d, id, actor, Action::Created, members, name)
     }
 
-    /// Appends a membership change of `users` to `conv`: to the directory
-    /// first, then as an entry that the members (and those removed) get.
+    /// Appends a membership change of `users` to `conv` (see
+    /// [`Chat::record_change`]).
     pub(crate) fn change(
         &self,
         d: &mut Directory,
@@ -122,14 +122,32 @@ impl Chat {
         users: Vec<String>,
         name: String,
     ) -> Result<u64, ChatError> {
+        let kind = StoredKind::Membership {
+            action,
+            users,
+            name,
+        };
+        self.record_change(d, conv, actor, kind)
+    }
+
+    /// Appends a change to `conv` (membership, settings, a role): to the
+    /// directory first, then as an entry that the members get, and those
+    /// it concerns who are not members (added, removed, turned down).
+    pub(crate) fn record_change(
+        &self,
+        d: &mut Directory,
+        conv: &str,
+        actor: (&str, &str),
+        kind: StoredKind,
+    ) -> Result<u64, ChatError> {
         let c = d
             .conversations
             .get(conv)
             .ok_or(ChatError::UnknownConversation)?;
         let seq = c.last_seq + 1;
         let mut recipients: Vec<String> = c.members.keys().cloned().collect();
-        for u in &users {
-            if !c.members.contains_key(u) {
+        for u in concerns(&kind) {
+            if !c.members.contains_key(u) && !recipients.contains(u) {
                 recipients.push(u.clone());
             }
         }
@@ -137,11 +155,7 @@ impl Chat {
             sender: actor.0.to_owned(),
             device: actor.1.to_owned(),
             client_msg_id: String::new(),
-            kind: StoredKind::Membership {
-                action,
-                users,
-                name,
-            },
+            kind,
         };
         // Not applied yet: the entry is appended after the last one first.
         self.dir_append(&[DirRecord::Change {
@@ -173,16 +187,19 @@ impl Chat {
                     tracing::error!(seq = r.seq, "chat: unreadable directory record skipped");
                     continue;
                 };
-                if let DirRecord::Change {
-                    conversation,
-                    seq,
-                    entry,
-                } = &rec
-                {
-                    changes
+                match &rec {
+                    DirRecord::Change {
+                        conversation,
+                        seq,
+                        entry,
+                    } => changes
                         .entry(conversation.clone())
                         .or_default()
-                        .push((*seq, entry.clone()));
+                        .push((*seq, entry.clone())),
+                    DirRecord::Deleted { conversation, seq } => {
+                        self.deleted.insert(conversation, *seq)
+                    }
+                    _ => {}
                 }
                 d.apply(&rec);
             }
@@ -288,7 +305,7 @@ fn members_at(changes: &[(u64, StoredEntry)], seq: u64, entry: &StoredEntry) -> 
     for (s, e) in changes.iter().filter(|(s, _)| *s <= seq) {
         if let StoredKind::Membership { action, users, .. } = &e.kind {
             match action {
-                Action::Created | Action::Added => {
+                Action::Created | Action::Added | Action::Joined => {
                     for u in users {
                         if !members.contains(u) {
                             members.push(u.clone());
@@ -302,12 +319,20 @@ fn members_at(changes: &[(u64, StoredEntry)], seq: u64, entry: &StoredEntry) -> 
             }
         }
     }
-    if let StoredKind::Membership { users, .. } = &entry.kind {
-        for u in users {
-            if !members.contains(u) {
-                members.push(u.clone());
-            }
+    for u in concerns(&entry.kind) {
+        if !members.contains(u) {
+            members.push(u.clone());
         }
     }
     members
+}
+
+/// The users a change concerns, who get its entry even if they are not
+/// (or no longer) members.
+fn concerns(kind: &StoredKind) -> &[String] {
+    match kind {
+        StoredKind::Membership { users, .. } => users,
+        StoredKind::Group(GroupChange::JoinRejected { user }) => std::slice::from_ref(user),
+        _ => &[],
+    }
 }

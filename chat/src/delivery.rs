@@ -286,7 +286,7 @@ impl Deliveries {
             return;
         };
         while p.outstanding.len() < window {
-            if p.ready.is_empty() && !Self::read_ahead(p, &broker, id, window) {
+            if p.ready.is_empty() && !Self::read_ahead(&self.chat, p, &broker, id, window) {
                 return;
             }
             let Some(item) = p.ready.pop_front() else {
@@ -350,8 +350,14 @@ impl Deliveries {
 
     /// Reads the next inbox entries of `p` (up to `limit`) into
     /// `p.ready`. False if there is nothing to read.
-    fn read_ahead(p: &mut Pump, broker: &courier::Broker, id: &Arc<str>, limit: usize) -> bool {
-        let page = match inbox::read(broker.logs(), &p.user, &p.device, p.next, limit) {
+    fn read_ahead(
+        chat: &Chat,
+        p: &mut Pump,
+        broker: &courier::Broker,
+        id: &Arc<str>,
+        limit: usize,
+    ) -> bool {
+        let page = match inbox::read(chat, broker.logs(), &p.user, &p.device, p.next, limit) {
             Ok(page) => page,
             Err(e) => {
                 tracing::error!(client_id = %id, "chat: reading inbox: {e}");
@@ -372,7 +378,7 @@ impl Deliveries {
                     p.next = seq + 1;
                     let conv_seq = entry.seq;
                     let down = proto::Down {
-                        kind: Some(proto::down::Kind::Entry(entry)),
+                        kind: Some(proto::down::Kind::Entry(*entry)),
                     };
                     p.ready.push_back(Ready::Send(
                         seq,

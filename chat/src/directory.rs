@@ -3,9 +3,11 @@
 //! at start-up from the `dir` log and the conversations' cursors; every
 //! change is written to the log before it is applied here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::records::{Action, ConvKind, DirRecord, StoredEntry, StoredKind};
+use crate::records::{
+    Action, ConvKind, DirRecord, GroupChange, GroupSettings, Role, StoredEntry, StoredKind,
+};
 
 /// A device of a user.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +37,8 @@ pub(crate) struct Member {
     pub delivered: u64,
     /// Its read watermark.
     pub read: u64,
+    /// Its role (groups).
+    pub role: Role,
 }
 
 /// A conversation.
@@ -47,6 +51,17 @@ pub(crate) struct Conversation {
     pub last_seq: u64,
     /// When its last entry was appended (Unix ms), for ordering by recency.
     pub last_ms: u64,
+    /// Group settings (all set; `name` is above).
+    pub description: String,
+    pub announce_only: bool,
+    pub public: bool,
+    pub approval_required: bool,
+    /// The group's own member limit (0: the server's).
+    pub max_members: u32,
+    /// Users waiting for an admin to let them in.
+    pub join_requests: BTreeSet<String>,
+    /// The last member left: nothing more happens in it.
+    pub closed: bool,
 }
 
 impl Conversation {
@@ -57,7 +72,78 @@ impl Conversation {
             members: BTreeMap::new(),
             last_seq: 0,
             last_ms: 0,
+            description: String::new(),
+            announce_only: false,
+            public: false,
+            approval_required: false,
+            max_members: 0,
+            join_requests: BTreeSet::new(),
+            closed: false,
         }
+    }
+
+    /// The owner, if it has one (groups do while they have members).
+    pub fn owner(&self) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.role == Role::Owner)
+            .map(|(u, _)| u.as_str())
+    }
+
+    /// Who inherits the group when its owner leaves: the longest-standing
+    /// admin, else the longest-standing member (ties: by user id).
+    pub fn successor(&self) -> Option<&str> {
+        let best = |role: Role| {
+            self.members
+                .iter()
+                .filter(|(_, m)| m.role == role)
+                .min_by_key(|(u, m)| (m.since, u.as_str()))
+                .map(|(u, _)| u.as_str())
+        };
+        best(Role::Admin).or_else(|| best(Role::Member))
+    }
+
+    fn apply_settings(&mut self, s: &GroupSettings) {
+        if let Some(v) = &s.name {
+            self.name = v.clone();
+        }
+        if let Some(v) = &s.description {
+            self.description = v.clone();
+        }
+        if let Some(v) = s.announce_only {
+            self.announce_only = v;
+        }
+        if let Some(v) = s.public {
+            self.public = v;
+        }
+        if let Some(v) = s.approval_required {
+            self.approval_required = v;
+        }
+        if let Some(v) = s.max_members {
+            self.max_members = v;
+        }
+    }
+}
+
+/// An invite link to a group.
+#[derive(Debug, Clone)]
+pub(crate) struct Invite {
+    pub conversation: String,
+    pub by: String,
+    /// Unix seconds; 0: never.
+    pub expires_at: u64,
+    /// 0: unlimited.
+    pub max_uses: u32,
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+impl Invite {
+    /// Whether it still lets someone in at `now` (Unix seconds).
+    pub fn usable(&self, now: u64) -> bool {
+        !self.revoked
+            && (self.expires_at == 0 || now < self.expires_at)
+            && (self.max_uses == 0 || self.uses < self.max_uses)
     }
 }
 
@@ -66,6 +152,8 @@ impl Conversation {
 pub(crate) struct Directory {
     pub users: HashMap<String, User>,
     pub conversations: HashMap<String, Conversation>,
+    /// Invite links by token.
+    pub invites: HashMap<String, Invite>,
 }
 
 impl Directory {
@@ -104,48 +192,128 @@ impl Directory {
                 seq,
                 entry,
             } => self.apply_change(conversation, *seq, entry),
+            DirRecord::Invite {
+                conversation,
+                token,
+                by,
+                expires_at,
+                max_uses,
+            } => {
+                self.invites.insert(
+                    token.clone(),
+                    Invite {
+                        conversation: conversation.clone(),
+                        by: by.clone(),
+                        expires_at: *expires_at,
+                        max_uses: *max_uses,
+                        uses: 0,
+                        revoked: false,
+                    },
+                );
+            }
+            DirRecord::InviteUsed { token } => {
+                if let Some(i) = self.invites.get_mut(token) {
+                    i.uses = i.uses.saturating_add(1);
+                }
+            }
+            DirRecord::InviteRevoked { token } => {
+                if let Some(i) = self.invites.get_mut(token) {
+                    i.revoked = true;
+                }
+            }
+            // Kept outside the directory (read without its lock).
+            DirRecord::Deleted { .. } => {}
         }
     }
 
-    /// Applies the membership change that entry `seq` of `conv` carries.
+    /// Applies the change (membership, settings, roles) that entry `seq`
+    /// of `conv` carries; other entries only move `last_seq`.
     pub fn apply_change(&mut self, conv: &str, seq: u64, entry: &StoredEntry) {
-        let StoredKind::Membership {
-            action,
-            users,
-            name,
-        } = &entry.kind
-        else {
-            return;
-        };
         let Some(c) = self.conversations.get_mut(conv) else {
             return;
         };
         c.last_seq = c.last_seq.max(seq);
-        match action {
-            Action::Created | Action::Added => {
-                if *action == Action::Created {
-                    c.name = name.clone();
-                }
-                for u in users {
-                    c.members.entry(u.clone()).or_insert(Member {
-                        since: seq,
-                        ..Member::default()
-                    });
-                    self.users
-                        .entry(u.clone())
-                        .or_default()
-                        .conversations
-                        .insert(conv.to_owned());
-                }
-            }
-            Action::Removed | Action::Left => {
-                for u in users {
-                    c.members.remove(u);
-                    if let Some(user) = self.users.get_mut(u) {
-                        user.conversations.remove(conv);
+        match &entry.kind {
+            StoredKind::Content { .. }
+            | StoredKind::Message(_)
+            | StoredKind::Reaction { .. }
+            | StoredKind::Edit { .. }
+            | StoredKind::Delete { .. } => {}
+            StoredKind::Group(g) => match g {
+                GroupChange::Settings(s) => c.apply_settings(s),
+                GroupChange::Role { user, role } => {
+                    if *role == Role::Owner {
+                        for m in c.members.values_mut().filter(|m| m.role == Role::Owner) {
+                            m.role = Role::Admin;
+                        }
+                    }
+                    if let Some(m) = c.members.get_mut(user) {
+                        m.role = *role;
                     }
                 }
-            }
+                GroupChange::JoinRequested { user } => {
+                    c.join_requests.insert(user.clone());
+                }
+                GroupChange::JoinRejected { user } => {
+                    c.join_requests.remove(user);
+                }
+            },
+            StoredKind::Membership {
+                action,
+                users,
+                name,
+            } => match action {
+                Action::Created | Action::Added | Action::Joined => {
+                    if *action == Action::Created {
+                        c.name = name.clone();
+                    }
+                    for u in users {
+                        c.join_requests.remove(u);
+                        // The creator of a group owns it.
+                        let role = if *action == Action::Created
+                            && c.kind == ConvKind::Group
+                            && *u == entry.sender
+                        {
+                            Role::Owner
+                        } else {
+                            Role::Member
+                        };
+                        c.members.entry(u.clone()).or_insert(Member {
+                            since: seq,
+                            role,
+                            ..Member::default()
+                        });
+                        self.users
+                            .entry(u.clone())
+                            .or_default()
+                            .conversations
+                            .insert(conv.to_owned());
+                    }
+                }
+                Action::Removed | Action::Left => {
+                    let mut owner_left = false;
+                    for u in users {
+                        if let Some(m) = c.members.remove(u) {
+                            owner_left |= m.role == Role::Owner;
+                        }
+                        if let Some(user) = self.users.get_mut(u) {
+                            user.conversations.remove(conv);
+                        }
+                    }
+                    // Ownership passes by the rule at once (the entry that
+                    // follows says so to devices).
+                    if owner_left {
+                        if let Some(next) = c.successor().map(str::to_owned) {
+                            if let Some(m) = c.members.get_mut(&next) {
+                                m.role = Role::Owner;
+                            }
+                        }
+                    }
+                    if c.kind == ConvKind::Group && c.members.is_empty() {
+                        c.closed = true;
+                    }
+                }
+            },
         }
     }
 

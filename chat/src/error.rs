@@ -34,6 +34,12 @@ pub enum ChatError {
     /// A limit was reached.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The message referred to is not one this user can see here.
+    #[error("no such message in this conversation")]
+    UnknownMessage,
+    /// The invite link is unknown, revoked, expired or used up.
+    #[error("invite link not valid: {0}")]
+    InviteInvalid(String),
     /// The store failed; retrying later with the same id is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -52,6 +58,8 @@ impl ChatError {
             ChatError::NotAllowed(_) => C::NotAllowed,
             ChatError::LimitReached(_) => C::LimitReached,
             ChatError::Unavailable(_) => C::Unavailable,
+            ChatError::InviteInvalid(_) => C::InviteInvalid,
+            ChatError::UnknownMessage => C::UnknownMessage,
         }
     }
 
@@ -60,10 +68,13 @@ impl ChatError {
     pub fn reply(&self) -> Reply {
         let ack = match self {
             ChatError::BadRequest(_) => AckCode::PayloadFormatInvalid,
-            ChatError::NotMember | ChatError::NotAllowed(_) => AckCode::NotAuthorized,
+            ChatError::NotMember | ChatError::NotAllowed(_) | ChatError::InviteInvalid(_) => {
+                AckCode::NotAuthorized
+            }
             ChatError::LimitReached(_) => AckCode::QuotaExceeded,
             ChatError::Unavailable(_) => AckCode::UnspecifiedError,
             ChatError::UnknownConversation
+            | ChatError::UnknownMessage
             | ChatError::UnknownUser(_)
             | ChatError::TooLarge { .. } => AckCode::ImplementationSpecificError,
         };

@@ -10,7 +10,7 @@ use courier::store::{LogRecord, StoreError};
 
 use crate::proto;
 use crate::records::{self, conversation_log, inbox_log, InboxRef};
-use crate::requests::to_entry;
+use crate::Chat;
 
 /// A run of inbox entries from a position on.
 pub(crate) struct Page {
@@ -27,7 +27,7 @@ pub(crate) struct Page {
 /// One inbox entry.
 pub(crate) enum Item {
     /// To show: its inbox position and conversation, and the entry.
-    Entry(u64, String, proto::Entry),
+    Entry(u64, String, Box<proto::Entry>),
     /// Nothing to show (the device's own message, or gone from the
     /// conversation): its inbox position.
     Skip(u64),
@@ -46,6 +46,7 @@ pub(crate) fn saved_cursor(logs: &Logs, user: &str, device: &str) -> Result<u64,
 /// `device` sees them. The entries of one conversation that lie close
 /// together are read with one read.
 pub(crate) fn read(
+    chat: &Chat,
     logs: &Logs,
     user: &str,
     device: &str,
@@ -101,8 +102,8 @@ pub(crate) fn read(
                 .find(|e| e.seq == iref.seq),
         };
         // Gone from the conversation (retention): nothing to show.
-        match rec.and_then(|e| to_entry(&iref.conversation, &e, Some(user))) {
-            Some(entry) => items.push(Item::Entry(r.seq, iref.conversation, entry)),
+        match rec.and_then(|e| chat.show(&iref.conversation, &e, Some(user))) {
+            Some(entry) => items.push(Item::Entry(r.seq, iref.conversation, Box::new(entry))),
             None => items.push(Item::Skip(r.seq)),
         }
     }

@@ -31,8 +31,10 @@ mod conversations;
 mod delivery;
 mod directory;
 mod error;
+mod groups;
 pub mod identity;
 mod inbox;
+mod messages;
 mod records;
 mod requests;
 mod retention;
@@ -61,6 +63,8 @@ pub struct Chat {
     metrics: Metrics,
     events: mpsc::UnboundedSender<delivery::Event>,
     failures: Mutex<FxHashMap<IpAddr, identity::Failures>>,
+    /// Messages deleted for everyone.
+    deleted: messages::Deleted,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -182,6 +186,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         metrics: Metrics::default(),
         events: tx,
         failures: Mutex::default(),
+        deleted: messages::Deleted::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -214,6 +219,7 @@ impl Chat {
             metrics: Metrics::default(),
             events: mpsc::unbounded_channel().0,
             failures: Mutex::default(),
+            deleted: messages::Deleted::default(),
         }
     }
 

@@ -48,6 +48,88 @@ pub(crate) enum StoredKind {
         users: Vec<String>,
         name: String,
     },
+    /// A group's settings or a member's role changed, or someone asked to
+    /// join (appended after the first two: postcard numbers variants).
+    Group(GroupChange),
+    /// A message, with what the server reads of it (new sends; `Content`
+    /// is how older ones were stored).
+    Message(StoredMessage),
+    /// An emoji added to (or taken from) message `target`.
+    Reaction {
+        target: u64,
+        emoji: String,
+        remove: bool,
+    },
+    /// New content for message `target`.
+    Edit {
+        target: u64,
+        message: StoredMessage,
+    },
+    /// Message `target` deleted, for everyone or for the sender's user.
+    Delete {
+        target: u64,
+        for_everyone: bool,
+    },
+}
+
+/// A message's content: `ty` and `body` opaque, the rest checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredMessage {
+    pub ty: String,
+    pub body: Vec<u8>,
+    /// The entry it answers (0: none).
+    pub reply_to: u64,
+    /// Members mentioned, sorted.
+    pub mentions: Vec<String>,
+    pub attachment: Option<Box<StoredAttachment>>,
+}
+
+/// A file sent by reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredAttachment {
+    pub id: String,
+    pub mime_type: String,
+    pub size: u64,
+    pub sha256: Vec<u8>,
+    pub thumbnail_id: String,
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) enum Role {
+    #[default]
+    Member,
+    Admin,
+    Owner,
+}
+
+/// A change to a group other than who is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum GroupChange {
+    /// The settings that are `Some` changed.
+    Settings(GroupSettings),
+    /// `user` now has `role`; `Owner` moves ownership to it, and the
+    /// previous owner becomes an admin.
+    Role { user: String, role: Role },
+    /// `user` asked to join a group that requires approval.
+    JoinRequested { user: String },
+    /// An admin turned `user`'s request down.
+    JoinRejected { user: String },
+}
+
+/// Group settings; in a change, `None` means unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GroupSettings {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Only admins (and the owner) post.
+    pub announce_only: Option<bool>,
+    /// Found by search, joined without an invite.
+    pub public: Option<bool>,
+    /// Joining (by invite or as a public group) waits for an admin.
+    pub approval_required: Option<bool>,
+    /// A member limit below the server's (0: the server's).
+    pub max_members: Option<u32>,
 }
 
 /// A membership change.
@@ -57,6 +139,8 @@ pub(crate) enum Action {
     Added,
     Removed,
     Left,
+    /// Joined by an invite link or as a public group (or approved).
+    Joined,
 }
 
 /// An inbox entry: which conversation entry, and the device that sent it
@@ -103,6 +187,23 @@ pub(crate) enum DirRecord {
         seq: u64,
         entry: StoredEntry,
     },
+    /// An invite link to a group (the token is the link's secret; admins
+    /// may list it again). `expires_at` in Unix seconds, 0: never;
+    /// `max_uses` 0: unlimited.
+    Invite {
+        conversation: String,
+        token: String,
+        by: String,
+        expires_at: u64,
+        max_uses: u32,
+    },
+    /// An invite link was used once.
+    InviteUsed { token: String },
+    /// An invite link was revoked.
+    InviteRevoked { token: String },
+    /// Message `seq` of `conversation` was deleted for everyone: every
+    /// read path blanks its body (written before the entry saying so).
+    Deleted { conversation: String, seq: u64 },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> bytes::Bytes {

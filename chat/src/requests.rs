@@ -9,15 +9,15 @@ use bytes::Bytes;
 use courier::hooks::{ClientInfo, SubscribeDecision};
 use courier::message::{Message, MessageProps};
 use courier::namespace::{AckCode, Inbound, Namespace, Reply};
-use courier::store::LogRecord;
 use courier::Broker;
 use prost::Message as _;
 
 use crate::directory::direct_id;
 use crate::error::ChatError;
+use crate::groups::role_to_proto;
 use crate::identity::{device_of, is_admin, scope_of, Scope};
 use crate::proto::{self, request::Op};
-use crate::records::{self, conversation_log, Action, ConvKind, StoredEntry, StoredKind};
+use crate::records::{self, conversation_log, ConvKind, Role, StoredEntry};
 use crate::{delivery, inbox, topics, Chat};
 
 /// Longest client message id.
@@ -137,16 +137,16 @@ fn error_response(e: &ChatError) -> proto::Response {
 }
 
 /// What a send or request did.
-struct Done {
+pub(crate) struct Done {
     reply: Reply,
     response: Option<proto::Response>,
     /// Users whose inboxes grew.
-    woken: Vec<String>,
+    pub(crate) woken: Vec<String>,
 }
 
 impl Done {
     /// Accepted, with an empty response.
-    fn ok() -> Done {
+    pub(crate) fn ok() -> Done {
         Done {
             reply: Reply::success(),
             response: Some(proto::Response::default()),
@@ -154,7 +154,7 @@ impl Done {
         }
     }
 
-    fn answer(result: proto::response::Result) -> Done {
+    pub(crate) fn answer(result: proto::response::Result) -> Done {
         Done {
             reply: Reply::success(),
             response: Some(proto::Response {
@@ -170,21 +170,15 @@ impl Chat {
     fn send(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
         let s = proto::SendMessage::decode(payload)
             .map_err(|e| ChatError::BadRequest(format!("SendMessage: {e}")))?;
-        let content = s
-            .content
-            .ok_or_else(|| ChatError::BadRequest("no content".into()))?;
-        let size = content.body.len() + content.r#type.len();
-        if size > self.config.max_content_bytes {
-            return Err(ChatError::TooLarge {
-                size,
-                max: self.config.max_content_bytes,
-            });
-        }
+        let kind = s
+            .kind
+            .ok_or_else(|| ChatError::BadRequest("nothing to send".into()))?;
         if s.client_msg_id.is_empty() || s.client_msg_id.len() > MAX_CLIENT_MSG_ID {
             return Err(ChatError::BadRequest(format!(
                 "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
             )));
         }
+        let now_ms = courier::message::unix_now() * 1000;
         let mut d = self.dir.lock();
         let conv = if !s.conversation.is_empty() {
             s.conversation.clone()
@@ -194,6 +188,11 @@ impl Chat {
             }
             if !d.users.contains_key(&s.to_user) {
                 return Err(ChatError::UnknownUser(s.to_user));
+            }
+            if !matches!(kind, proto::send_message::Kind::Content(_)) {
+                return Err(ChatError::BadRequest(
+                    "a new conversation starts with content".into(),
+                ));
             }
             let id = direct_id(user, &s.to_user);
             if !d.conversations.contains_key(&id) {
@@ -215,20 +214,34 @@ impl Chat {
                 "neither conversation nor to_user".into(),
             ));
         };
-        let (c, _) = Chat::member_of(&d, &conv, user)?;
-        let recipients: Vec<String> = c.members.keys().cloned().collect();
+        let (c, m) = Chat::member_of(&d, &conv, user)?;
+        let checked = self.check_send(c, &conv, user, m, kind, now_ms)?;
+        if let Some(seq) = checked.already {
+            drop(d);
+            return Ok(Done {
+                reply: Reply::success().with_property("seq", seq.to_string()),
+                response: None,
+                woken: Vec::new(),
+            });
+        }
+        let recipients: Vec<String> = if checked.own_only {
+            vec![user.to_owned()]
+        } else {
+            c.members.keys().cloned().collect()
+        };
         let entry = StoredEntry {
             sender: user.to_owned(),
             device: device.to_owned(),
             client_msg_id: s.client_msg_id.clone(),
-            kind: StoredKind::Content {
-                ty: content.r#type,
-                body: content.body,
-            },
+            kind: checked.kind,
         };
         // Scoped to the device: another device's id never collides.
         let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
+        self.before_append(&conv, &entry.kind)?;
         let (seq, repeat) = self.append_entry(&mut d, &conv, &entry, Some(id), &recipients)?;
+        if !repeat {
+            self.after_append(&conv, user, seq, &entry.kind);
+        }
         drop(d);
         if repeat {
             self.metrics.inc(&self.metrics.send_repeats, 1);
@@ -310,6 +323,12 @@ impl Chat {
                 })))
             }
             Op::CreateGroup(g) => {
+                if g.name.len() > crate::groups::MAX_NAME {
+                    return Err(ChatError::BadRequest(format!(
+                        "a name has at most {} bytes",
+                        crate::groups::MAX_NAME
+                    )));
+                }
                 let mut members = vec![user.to_owned()];
                 for m in g.members {
                     if !members.contains(&m) {
@@ -339,40 +358,18 @@ impl Chat {
                 done.woken = members;
                 Ok(done)
             }
-            Op::AddMember(a) => {
-                let mut d = self.dir.lock();
-                let (c, _) = Chat::member_of(&d, &a.conversation, user)?;
-                if c.kind == ConvKind::Direct {
-                    return Err(ChatError::NotAllowed(
-                        "a direct conversation's members are fixed".into(),
-                    ));
-                }
-                if c.members.contains_key(&a.user) {
-                    return self.info_done(&d, &a.conversation, user, Vec::new());
-                }
-                if c.members.len() >= self.config.max_group_members {
-                    return Err(group_full(self.config.max_group_members));
-                }
-                if !d.users.contains_key(&a.user) {
-                    return Err(ChatError::UnknownUser(a.user));
-                }
-                self.change(
-                    &mut d,
-                    &a.conversation,
-                    (user, device),
-                    Action::Added,
-                    vec![a.user],
-                    String::new(),
-                )?;
-                let woken = d.conversations[&a.conversation]
-                    .members
-                    .keys()
-                    .cloned()
-                    .collect();
-                self.info_done(&d, &a.conversation, user, woken)
-            }
-            Op::RemoveMember(rm) => self.remove(user, device, &rm.conversation, &rm.user),
-            Op::Leave(l) => self.remove(user, device, &l.conversation, user),
+            Op::AddMember(a) => self.add_member(user, device, a),
+            Op::RemoveMember(rm) => self.remove_member(user, device, &rm.conversation, &rm.user),
+            Op::Leave(l) => self.remove_member(user, device, &l.conversation, user),
+            Op::UpdateGroup(u) => self.update_group(user, device, u),
+            Op::SetRole(r) => self.set_role(user, device, r),
+            Op::CreateInvite(c) => self.create_invite(user, c, courier::message::unix_now()),
+            Op::ListInvites(l) => self.list_invites(user, &l.conversation),
+            Op::RevokeInvite(r) => self.revoke_invite(user, r),
+            Op::JoinGroup(j) => self.join_group(user, device, j, courier::message::unix_now()),
+            Op::ListJoinRequests(l) => self.list_join_requests(user, &l.conversation),
+            Op::AnswerJoinRequest(a) => self.answer_join_request(user, device, a),
+            Op::SearchGroups(q) => self.search_groups(q),
             Op::History(h) => {
                 let d = self.dir.lock();
                 let (c, m) = Chat::member_of(&d, &h.conversation, user)?;
@@ -395,10 +392,15 @@ impl Chat {
                     v.retain(|r| r.seq <= last);
                     v
                 };
-                let entries = recs
+                let mut entries: Vec<proto::Entry> = recs
                     .iter()
-                    .filter_map(|r| to_entry(&h.conversation, r, Some(user)))
+                    .filter_map(|r| self.show(&h.conversation, r, Some(user)))
                     .collect();
+                for e in &mut entries {
+                    if matches!(e.kind, Some(proto::entry::Kind::Content(_))) && !e.deleted {
+                        e.reactions = self.reactions(&h.conversation, e.seq)?;
+                    }
+                }
                 let first_kept = logs.read(&log, 0, 1)?.first().map_or(0, |r| r.seq);
                 Ok(Done::answer(R::Entries(proto::Entries {
                     entries,
@@ -607,43 +609,7 @@ impl Chat {
         }
     }
 
-    fn remove(&self, user: &str, device: &str, conv: &str, who: &str) -> Result<Done, ChatError> {
-        let mut d = self.dir.lock();
-        let (c, _) = Chat::member_of(&d, conv, user)?;
-        if c.kind == ConvKind::Direct {
-            return Err(ChatError::NotAllowed(
-                "a direct conversation's members are fixed".into(),
-            ));
-        }
-        if !c.members.contains_key(who) {
-            return Err(ChatError::NotMember);
-        }
-        let woken: Vec<String> = c.members.keys().cloned().collect();
-        let action = if who == user {
-            Action::Left
-        } else {
-            Action::Removed
-        };
-        self.change(
-            &mut d,
-            conv,
-            (user, device),
-            action,
-            vec![who.to_owned()],
-            String::new(),
-        )?;
-        if who == user {
-            Ok(Done {
-                reply: Reply::success(),
-                response: Some(proto::Response::default()),
-                woken,
-            })
-        } else {
-            self.info_done(&d, conv, user, woken)
-        }
-    }
-
-    fn info_done(
+    pub(crate) fn info_done(
         &self,
         d: &crate::directory::Directory,
         conv: &str,
@@ -674,7 +640,7 @@ impl Chat {
             .read_back(&conversation_log(id), c.last_seq + 1, 1)?
             .first()
             .filter(|r| r.seq >= m.since)
-            .and_then(|r| to_entry(id, r, Some(user)));
+            .and_then(|r| self.show(id, r, Some(user)));
         Ok(proto::Conversation {
             id: id.to_owned(),
             kind: match c.kind {
@@ -690,6 +656,19 @@ impl Chat {
                 .saturating_sub(m.read.max(m.since.saturating_sub(1))),
             last,
             visible_from: m.since,
+            description: c.description.clone(),
+            role: role_to_proto(m.role) as i32,
+            announce_only: c.announce_only,
+            public: c.public,
+            approval_required: c.approval_required,
+            max_members: c.max_members,
+            owner: c.owner().unwrap_or_default().to_owned(),
+            admins: c
+                .members
+                .iter()
+                .filter(|(_, m)| m.role == Role::Admin)
+                .map(|(u, _)| u.clone())
+                .collect(),
         })
     }
 
@@ -743,13 +722,13 @@ impl Chat {
         let broker = self.broker()?;
         let logs = broker.logs();
         let cursor = inbox::saved_cursor(logs, user, device)?;
-        let page = inbox::read(logs, user, device, cursor + 1, limit)?;
+        let page = inbox::read(self, logs, user, device, cursor + 1, limit)?;
         let more = page.items.len() == limit;
         let entries = page
             .items
             .into_iter()
             .filter_map(|item| match item {
-                inbox::Item::Entry(_, _, e) => Some(e),
+                inbox::Item::Entry(_, _, e) => Some(*e),
                 inbox::Item::Skip(_) => None,
             })
             .collect();
@@ -759,39 +738,4 @@ impl Chat {
             more,
         })
     }
-}
-
-/// Entry `r` of `conv` as the protocol shows it to `viewer` (the sender's
-/// client message id only to the sender).
-pub(crate) fn to_entry(conv: &str, r: &LogRecord, viewer: Option<&str>) -> Option<proto::Entry> {
-    let e = records::decode::<StoredEntry>(&r.data)?;
-    let kind = match e.kind {
-        StoredKind::Content { ty, body } => {
-            proto::entry::Kind::Content(proto::Content { r#type: ty, body })
-        }
-        StoredKind::Membership {
-            action,
-            users,
-            name,
-        } => proto::entry::Kind::Membership(proto::Membership {
-            action: match action {
-                Action::Created => proto::membership::Action::Created,
-                Action::Added => proto::membership::Action::Added,
-                Action::Removed => proto::membership::Action::Removed,
-                Action::Left => proto::membership::Action::Left,
-            } as i32,
-            users,
-            name,
-        }),
-    };
-    let own = viewer == Some(e.sender.as_str());
-    Some(proto::Entry {
-        conversation: conv.to_owned(),
-        seq: r.seq,
-        client_msg_id: if own { e.client_msg_id } else { String::new() },
-        sender: e.sender,
-        sender_device: e.device,
-        time_ms: r.time_ms,
-        kind: Some(kind),
-    })
 }

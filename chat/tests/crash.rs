@@ -27,10 +27,11 @@ fn send(i: usize, conv: &str) -> proto::SendMessage {
     proto::SendMessage {
         conversation: conv.into(),
         client_msg_id: format!("m{i}"),
-        content: Some(proto::Content {
+        kind: Some(proto::send_message::Kind::Content(proto::Content {
             r#type: String::new(),
             body: format!("message {i}").into_bytes(),
-        }),
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }

@@ -324,10 +324,11 @@ async fn a_device_reads_only_its_inbox_and_writes_only_where_it_may() {
     let mut m = proto::SendMessage {
         to_user: "carol".into(),
         client_msg_id: "5".into(),
-        content: Some(proto::Content {
+        kind: Some(proto::send_message::Kind::Content(proto::Content {
             r#type: String::new(),
             body: b"from bob, honest".to_vec(),
-        }),
+            ..Default::default()
+        })),
         ..Default::default()
     }
     .encode_to_vec();

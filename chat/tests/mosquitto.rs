@@ -43,10 +43,11 @@ async fn mosquitto_clients_chat_with_plain_mqtt_5() {
     let send = proto::SendMessage {
         to_user: "bob".into(),
         client_msg_id: "1".into(),
-        content: Some(proto::Content {
+        kind: Some(proto::send_message::Kind::Content(proto::Content {
             r#type: "text".into(),
             body: b"hello from mosquitto".to_vec(),
-        }),
+            ..Default::default()
+        })),
         ..Default::default()
     };
     let file = dir.path().join("send.bin");

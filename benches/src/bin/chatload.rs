@@ -325,10 +325,11 @@ impl Device {
             conversation: conv.into(),
             to_user: to_user.into(),
             client_msg_id: id.to_string(),
-            content: Some(proto::Content {
+            kind: Some(proto::send_message::Kind::Content(proto::Content {
                 r#type: String::new(),
                 body: b,
-            }),
+                ..Default::default()
+            })),
         };
         self.publish(courier_chat::topics::SEND, m.encode_to_vec(), None)
     }

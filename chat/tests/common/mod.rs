@@ -375,10 +375,11 @@ impl Phone {
     ) -> Result<(u64, Option<String>), Refused> {
         let mut m = proto::SendMessage {
             client_msg_id: client_msg_id.into(),
-            content: Some(proto::Content {
+            kind: Some(proto::send_message::Kind::Content(proto::Content {
                 r#type: String::new(),
                 body: text.as_bytes().to_vec(),
-            }),
+                ..Default::default()
+            })),
             ..Default::default()
         };
         match to {

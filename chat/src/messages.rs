@@ -1,0 +1,483 @@
+//! Message kinds: what a send may be (content with a reply, mentions and
+//! an attachment; a reaction; an edit; a delete), the checks each passes
+//! before it becomes an entry, and how an entry is shown to one viewer
+//! (bodies deleted for everyone, mentions of the viewer, reactions).
+//!
+//! Reactions are indexed per message as cursors of a log that has no
+//! records, `x/<conversation>/<seq>`, one per `<emoji>\0<user>` holding the
+//! reaction entry's seq (0: taken back): a message's summary is one range
+//! read. Messages deleted for everyone are remembered in memory (rebuilt
+//! from the directory log at start) so that every read path blanks them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use courier::store::LogRecord;
+use parking_lot::RwLock;
+
+use crate::directory::{Conversation, Member};
+use crate::error::ChatError;
+use crate::proto::{self, send_message::Kind};
+use crate::records::{
+    self, conversation_log, Action, Role, StoredAttachment, StoredEntry, StoredKind, StoredMessage,
+};
+use crate::Chat;
+
+/// Longest attachment or thumbnail id, and reaction emoji, in bytes.
+const MAX_ATTACHMENT_ID: usize = 128;
+const MAX_EMOJI: usize = 32;
+const MAX_MENTIONS: usize = 50;
+
+/// The log whose cursors index the reactions on entry `seq` of `conv`.
+fn reaction_log(conv: &str, seq: u64) -> String {
+    format!("x/{conv}/{seq}")
+}
+
+/// Messages deleted for everyone, by conversation.
+#[derive(Default)]
+pub(crate) struct Deleted(RwLock<HashMap<String, HashSet<u64>>>);
+
+impl Deleted {
+    pub(crate) fn insert(&self, conv: &str, seq: u64) {
+        self.0
+            .write()
+            .entry(conv.to_owned())
+            .or_default()
+            .insert(seq);
+    }
+
+    fn contains(&self, conv: &str, seq: u64) -> bool {
+        self.0.read().get(conv).is_some_and(|s| s.contains(&seq))
+    }
+}
+
+/// A send, checked: the entry to append and what it does besides.
+pub(crate) struct Checked {
+    pub kind: StoredKind,
+    /// Only the sender's own devices get it (a delete for me).
+    pub own_only: bool,
+    /// Nothing to store: already so (a repeated reaction); the seq of the
+    /// entry that made it so (0: none).
+    pub already: Option<u64>,
+}
+
+/// Whether the sender may still delete a message for everyone.
+pub(crate) fn within_window(sent_ms: u64, now_ms: u64, window_secs: u64) -> bool {
+    now_ms.saturating_sub(sent_ms) <= window_secs.saturating_mul(1000)
+}
+
+impl Chat {
+    /// Checks a send of `kind` to `c` by `user` (a member, `m`) and turns
+    /// it into the entry to store. Called under the directory lock.
+    pub(crate) fn check_send(
+        &self,
+        c: &Conversation,
+        conv: &str,
+        user: &str,
+        m: Member,
+        kind: Kind,
+        now_ms: u64,
+    ) -> Result<Checked, ChatError> {
+        let stored = |kind| Checked {
+            kind,
+            own_only: false,
+            already: None,
+        };
+        match kind {
+            Kind::Content(content) => {
+                if c.announce_only && m.role < Role::Admin {
+                    return Err(ChatError::NotAllowed(
+                        "only admins post in this group".into(),
+                    ));
+                }
+                let reply_to = content.reply_to;
+                if reply_to > 0 {
+                    self.target(conv, m, reply_to)?;
+                }
+                Ok(stored(StoredKind::Message(
+                    self.check_content(c, content, reply_to)?,
+                )))
+            }
+            Kind::Reaction(r) => {
+                if r.emoji.is_empty() || r.emoji.len() > MAX_EMOJI {
+                    return Err(ChatError::BadRequest(format!(
+                        "an emoji has 1 to {MAX_EMOJI} bytes"
+                    )));
+                }
+                self.target(conv, m, r.seq)?;
+                let broker = self.broker()?;
+                let mine = format!("{}\0{user}", r.emoji);
+                let now = broker
+                    .logs()
+                    .cursors(&reaction_log(conv, r.seq))?
+                    .into_iter()
+                    .find(|(k, _)| *k == mine)
+                    .map_or(0, |(_, v)| v);
+                if (now > 0) != r.remove {
+                    return Ok(Checked {
+                        kind: StoredKind::Message(StoredMessage::default()),
+                        own_only: false,
+                        already: Some(now),
+                    });
+                }
+                Ok(stored(StoredKind::Reaction {
+                    target: r.seq,
+                    emoji: r.emoji,
+                    remove: r.remove,
+                }))
+            }
+            Kind::Edit(e) => {
+                let content = e
+                    .content
+                    .ok_or_else(|| ChatError::BadRequest("an edit without content".into()))?;
+                let (entry, _) = self.target(conv, m, e.seq)?;
+                if entry.sender != user {
+                    return Err(ChatError::NotAllowed(
+                        "only the sender edits a message".into(),
+                    ));
+                }
+                if self.deleted.contains(conv, e.seq) {
+                    return Err(ChatError::UnknownMessage);
+                }
+                let new = self.check_content(c, content, 0)?;
+                Ok(stored(StoredKind::Edit {
+                    target: e.seq,
+                    message: new,
+                }))
+            }
+            Kind::Delete(del) => {
+                let (entry, sent_ms) = self.target(conv, m, del.seq)?;
+                if del.for_everyone {
+                    let admin = m.role >= Role::Admin;
+                    if entry.sender != user && !admin {
+                        return Err(ChatError::NotAllowed(
+                            "only the sender or an admin deletes a message for everyone".into(),
+                        ));
+                    }
+                    let window = self.config.delete_window_secs;
+                    if !within_window(sent_ms, now_ms, window) {
+                        return Err(ChatError::NotAllowed(format!(
+                            "messages are deleted for everyone within {window} s of sending"
+                        )));
+                    }
+                }
+                Ok(Checked {
+                    kind: StoredKind::Delete {
+                        target: del.seq,
+                        for_everyone: del.for_everyone,
+                    },
+                    own_only: !del.for_everyone,
+                    already: None,
+                })
+            }
+        }
+    }
+
+    /// The size, mention and attachment checks of a message's content.
+    fn check_content(
+        &self,
+        c: &Conversation,
+        content: proto::Content,
+        reply_to: u64,
+    ) -> Result<StoredMessage, ChatError> {
+        let size = content.body.len() + content.r#type.len();
+        if size > self.config.max_content_bytes {
+            return Err(ChatError::TooLarge {
+                size,
+                max: self.config.max_content_bytes,
+            });
+        }
+        if content.mentions.len() > MAX_MENTIONS {
+            return Err(ChatError::BadRequest(format!(
+                "at most {MAX_MENTIONS} mentions"
+            )));
+        }
+        if let Some(u) = content
+            .mentions
+            .iter()
+            .find(|u| !c.members.contains_key(*u))
+        {
+            return Err(ChatError::BadRequest(format!(
+                "mentions {u:?}, who is not a member"
+            )));
+        }
+        let attachment = match content.attachment {
+            None => None,
+            Some(a) => Some(Box::new(self.check_attachment(a)?)),
+        };
+        let mut mentions = content.mentions;
+        mentions.sort();
+        mentions.dedup();
+        Ok(StoredMessage {
+            ty: content.r#type,
+            body: content.body,
+            reply_to,
+            mentions,
+            attachment,
+        })
+    }
+
+    fn check_attachment(&self, a: proto::Attachment) -> Result<StoredAttachment, ChatError> {
+        let bad = |why: &str| Err(ChatError::BadRequest(format!("attachment: {why}")));
+        if a.id.is_empty() || a.id.len() > MAX_ATTACHMENT_ID {
+            return bad("an id has 1 to 128 bytes");
+        }
+        if a.thumbnail_id.len() > MAX_ATTACHMENT_ID {
+            return bad("a thumbnail id has at most 128 bytes");
+        }
+        let mime_ok = a.mime_type.len() <= 127
+            && a.mime_type.split_once('/').is_some_and(|(t, s)| {
+                let token = |x: &str| {
+                    !x.is_empty()
+                        && x.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                };
+                token(t) && token(s)
+            });
+        if !mime_ok {
+            return bad("mime_type is not type/subtype");
+        }
+        let max = self.config.max_attachment_bytes;
+        if a.size == 0 || a.size > max {
+            return bad(&format!("size must be 1 to {max} bytes"));
+        }
+        if a.sha256.len() != 32 {
+            return bad("sha256 must be 32 bytes");
+        }
+        Ok(StoredAttachment {
+            id: a.id,
+            mime_type: a.mime_type,
+            size: a.size,
+            sha256: a.sha256,
+            thumbnail_id: a.thumbnail_id,
+        })
+    }
+
+    /// The message entry `seq` of `conv` that a send refers to, visible to
+    /// a member `m`: the entry and when it was stored (Unix ms).
+    fn target(&self, conv: &str, m: Member, seq: u64) -> Result<(StoredEntry, u64), ChatError> {
+        if seq < m.since {
+            return Err(ChatError::UnknownMessage);
+        }
+        let broker = self.broker()?;
+        let r = broker
+            .logs()
+            .read(&conversation_log(conv), seq, 1)?
+            .into_iter()
+            .find(|r| r.seq == seq)
+            .ok_or(ChatError::UnknownMessage)?;
+        let e = records::decode::<StoredEntry>(&r.data).ok_or(ChatError::UnknownMessage)?;
+        match e.kind {
+            StoredKind::Content { .. } | StoredKind::Message(_) => Ok((e, r.time_ms)),
+            _ => Err(ChatError::UnknownMessage),
+        }
+    }
+
+    /// What an accepted send does besides its entry: a reaction moves the
+    /// message's index; a delete for everyone blanks the message (the
+    /// directory record first, so a restart blanks it too).
+    pub(crate) fn before_append(&self, conv: &str, kind: &StoredKind) -> Result<(), ChatError> {
+        if let StoredKind::Delete {
+            target,
+            for_everyone: true,
+        } = kind
+        {
+            self.dir_append(&[records::DirRecord::Deleted {
+                conversation: conv.to_owned(),
+                seq: *target,
+            }])?;
+            self.deleted.insert(conv, *target);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn after_append(&self, conv: &str, user: &str, seq: u64, kind: &StoredKind) {
+        if let StoredKind::Reaction {
+            target,
+            emoji,
+            remove,
+        } = kind
+        {
+            if let Ok(b) = self.broker() {
+                let value = if *remove { 0 } else { seq };
+                b.logs().set_cursor(
+                    &reaction_log(conv, *target),
+                    &format!("{emoji}\0{user}"),
+                    value,
+                );
+            }
+        }
+    }
+
+    /// The reactions on entry `seq` of `conv`, by emoji.
+    pub(crate) fn reactions(
+        &self,
+        conv: &str,
+        seq: u64,
+    ) -> Result<Vec<proto::ReactionCount>, ChatError> {
+        let broker = self.broker()?;
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, v) in broker.logs().cursors(&reaction_log(conv, seq))? {
+            if v == 0 {
+                continue;
+            }
+            if let Some((emoji, user)) = key.split_once('\0') {
+                by.entry(emoji.to_owned())
+                    .or_default()
+                    .push(user.to_owned());
+            }
+        }
+        Ok(by
+            .into_iter()
+            .map(|(emoji, users)| proto::ReactionCount {
+                emoji,
+                count: users.len() as u32,
+                users,
+            })
+            .collect())
+    }
+
+    /// Entry `r` of `conv` as `viewer` is shown it: the sender's client
+    /// message id only to the sender; a body deleted for everyone blanked;
+    /// another member's delete-for-me as an entry without a kind.
+    pub(crate) fn show(
+        &self,
+        conv: &str,
+        r: &LogRecord,
+        viewer: Option<&str>,
+    ) -> Option<proto::Entry> {
+        let e = records::decode::<StoredEntry>(&r.data)?;
+        let own = viewer == Some(e.sender.as_str());
+        let mut deleted = false;
+        let mut mentions_me = false;
+        let kind = match e.kind {
+            StoredKind::Content { ty, body } => Some(self.blank_or(
+                conv,
+                r.seq,
+                &mut deleted,
+                StoredMessage {
+                    ty,
+                    body,
+                    ..StoredMessage::default()
+                },
+                proto::entry::Kind::Content,
+            )),
+            StoredKind::Message(m) => {
+                mentions_me = viewer.is_some_and(|v| m.mentions.iter().any(|x| x == v));
+                Some(self.blank_or(conv, r.seq, &mut deleted, m, proto::entry::Kind::Content))
+            }
+            StoredKind::Edit { target, message } => {
+                mentions_me = viewer.is_some_and(|v| message.mentions.iter().any(|x| x == v));
+                Some(self.blank_or(conv, target, &mut deleted, message, |m| {
+                    proto::entry::Kind::Edit(proto::Edit {
+                        seq: target,
+                        content: Some(m),
+                    })
+                }))
+            }
+            StoredKind::Reaction {
+                target,
+                emoji,
+                remove,
+            } => Some(proto::entry::Kind::Reaction(proto::Reaction {
+                seq: target,
+                emoji,
+                remove,
+            })),
+            StoredKind::Delete {
+                target,
+                for_everyone,
+            } => {
+                if !for_everyone && !own {
+                    // Another member's own affair: the seq stays dense.
+                    return Some(proto::Entry {
+                        conversation: conv.to_owned(),
+                        seq: r.seq,
+                        time_ms: r.time_ms,
+                        ..proto::Entry::default()
+                    });
+                }
+                Some(proto::entry::Kind::Delete(proto::Delete {
+                    seq: target,
+                    for_everyone,
+                }))
+            }
+            StoredKind::Membership {
+                action,
+                users,
+                name,
+            } => Some(proto::entry::Kind::Membership(proto::Membership {
+                action: match action {
+                    Action::Created => proto::membership::Action::Created,
+                    Action::Added => proto::membership::Action::Added,
+                    Action::Removed => proto::membership::Action::Removed,
+                    Action::Left => proto::membership::Action::Left,
+                    Action::Joined => proto::membership::Action::Joined,
+                } as i32,
+                users,
+                name,
+            })),
+            StoredKind::Group(g) => Some(crate::groups::change_to_proto(g)),
+        };
+        Some(proto::Entry {
+            conversation: conv.to_owned(),
+            seq: r.seq,
+            client_msg_id: if own { e.client_msg_id } else { String::new() },
+            sender: e.sender,
+            sender_device: e.device,
+            time_ms: r.time_ms,
+            kind,
+            deleted,
+            mentions_me,
+            reactions: Vec::new(),
+        })
+    }
+
+    /// `m` as protocol content, or blanked (and `deleted` set) if message
+    /// `seq` was deleted for everyone.
+    fn blank_or(
+        &self,
+        conv: &str,
+        seq: u64,
+        deleted: &mut bool,
+        m: StoredMessage,
+        wrap: impl FnOnce(proto::Content) -> proto::entry::Kind,
+    ) -> proto::entry::Kind {
+        if self.deleted.contains(conv, seq) {
+            *deleted = true;
+            return wrap(proto::Content {
+                reply_to: m.reply_to,
+                ..proto::Content::default()
+            });
+        }
+        wrap(proto::Content {
+            r#type: m.ty,
+            body: m.body,
+            reply_to: m.reply_to,
+            mentions: m.mentions,
+            attachment: m.attachment.map(|a| {
+                let a = *a;
+                proto::Attachment {
+                    id: a.id,
+                    mime_type: a.mime_type,
+                    size: a.size,
+                    sha256: a.sha256,
+                    thumbnail_id: a.thumbnail_id,
+                }
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delete_window_is_measured_from_the_time_handed_in() {
+        let sent = 1_000_000;
+        assert!(within_window(sent, sent + 3_600_000, 3600));
+        assert!(!within_window(sent, sent + 3_600_001, 3600));
+        // A clock that went back never closes the window.
+        assert!(within_window(sent, sent - 5, 0));
+    }
+}
