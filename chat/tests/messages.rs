@@ -1,0 +1,301 @@
+//! Message kinds over real sockets: replies, mentions and attachments
+//! checked; reactions and edits reaching every device in order; deletes
+//! for everyone blanking a body on every read path at once, and deletes
+//! for me staying private.
+
+mod common;
+
+use common::*;
+use courier_chat::proto::{self, send_message::Kind};
+use prost::Message as _;
+
+fn send(conv: &str, id: &str, kind: Kind) -> Vec<u8> {
+    proto::SendMessage {
+        conversation: conv.into(),
+        client_msg_id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn content(text: &str) -> proto::Content {
+    proto::Content {
+        r#type: "text".into(),
+        body: text.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn react(seq: u64, emoji: &str, remove: bool) -> Kind {
+    Kind::Reaction(proto::Reaction {
+        seq,
+        emoji: emoji.into(),
+        remove,
+    })
+}
+
+fn delete(seq: u64, for_everyone: bool) -> Kind {
+    Kind::Delete(proto::Delete { seq, for_everyone })
+}
+
+fn attachment() -> proto::Attachment {
+    proto::Attachment {
+        id: "files/cat.jpg".into(),
+        mime_type: "image/jpeg".into(),
+        size: 123_456,
+        sha256: vec![7; 32],
+        thumbnail_id: "files/cat.thumb.jpg".into(),
+    }
+}
+
+fn body(e: &proto::Entry) -> Option<&proto::Content> {
+    match &e.kind {
+        Some(proto::entry::Kind::Content(c)) => Some(c),
+        Some(proto::entry::Kind::Edit(e)) => e.content.as_ref(),
+        _ => None,
+    }
+}
+
+fn refused_with(r: Result<(u64, Option<String>), Refused>) -> String {
+    r.expect_err("refused").error.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn replies_mentions_and_attachments_are_checked_and_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let mut bob = Phone::connect(&s, "bob", "phone").await;
+    let _carol = Phone::connect(&s, "carol", "phone").await;
+    let g = alice.create_group("team", &["bob"]).await;
+    bob.entry().await;
+    let (first, _) = alice
+        .send_raw(send(&g, "1", Kind::Content(content("lunch?"))))
+        .await
+        .unwrap();
+
+    // A reply that mentions alice, with a picture.
+    let mut reply = content("yes!");
+    reply.reply_to = first;
+    reply.mentions = vec!["alice".into()];
+    reply.attachment = Some(attachment());
+    bob.send_raw(send(&g, "1", Kind::Content(reply))).await.unwrap();
+    let e = alice.entry().await;
+    let c = body(&e).unwrap();
+    assert_eq!((c.reply_to, c.mentions.as_slice()), (first, &["alice".to_string()][..]));
+    assert!(e.mentions_me);
+    assert_eq!(c.attachment, Some(attachment()));
+    assert_eq!(e.sender, "bob");
+
+    // The parent must be a message of this conversation the sender sees.
+    for (id, parent) in [("2", 999), ("3", 1)] {
+        let mut bad = content("?");
+        bad.reply_to = parent;
+        let r = bob.send_raw(send(&g, id, Kind::Content(bad))).await;
+        assert_eq!(refused_with(r), "UNKNOWN_MESSAGE");
+    }
+    // Mentions name members only.
+    let mut bad = content("hey carol");
+    bad.mentions = vec!["carol".into()];
+    let r = bob.send_raw(send(&g, "4", Kind::Content(bad))).await;
+    assert_eq!(refused_with(r), "BAD_REQUEST");
+    // Attachments are checked: hash length, size limit, mime type.
+    let broken = [
+        proto::Attachment {
+            sha256: vec![7; 31],
+            ..attachment()
+        },
+        proto::Attachment {
+            size: 200 << 20,
+            ..attachment()
+        },
+        proto::Attachment {
+            mime_type: "jpeg".into(),
+            ..attachment()
+        },
+        proto::Attachment {
+            id: String::new(),
+            ..attachment()
+        },
+    ];
+    for (i, a) in broken.into_iter().enumerate() {
+        let mut bad = content("");
+        bad.attachment = Some(a);
+        let r = bob
+            .send_raw(send(&g, &format!("a{i}"), Kind::Content(bad)))
+            .await;
+        assert_eq!(refused_with(r), "BAD_REQUEST", "attachment {i}");
+    }
+    // Nothing refused was stored: the next entry alice gets is this one.
+    bob.send_raw(send(&g, "5", Kind::Content(content("after"))))
+        .await
+        .unwrap();
+    let next = alice.entry().await;
+    assert_eq!(text(&next), "after");
+    assert!(!next.mentions_me);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_reaction_and_an_edit_reach_every_device_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    let mut a_phone = Phone::connect(&s, "alice", "phone").await;
+    let mut a_laptop = Phone::connect(&s, "alice", "laptop").await;
+    let mut bob = Phone::connect(&s, "bob", "phone").await;
+    let (seq, conv) = a_phone
+        .send_text(To::User("bob"), "1", "see you at 6")
+        .await
+        .unwrap();
+    let conv = conv.unwrap();
+    bob.entries(2).await;
+
+    let (r, _) = bob.send_raw(send(&conv, "r1", react(seq, "👍", false))).await.unwrap();
+    // The same reaction again stores nothing and answers the first's seq.
+    let (again, _) = bob.send_raw(send(&conv, "r2", react(seq, "👍", false))).await.unwrap();
+    assert_eq!(again, r);
+    let mut edit = content("see you at 7");
+    edit.reply_to = 42; // ignored on an edit
+    let (ed, _) = a_phone
+        .send_raw(send(
+            &conv,
+            "2",
+            Kind::Edit(proto::Edit {
+                seq,
+                content: Some(edit),
+            }),
+        ))
+        .await
+        .unwrap();
+    // Only the sender edits.
+    let r2 = bob
+        .send_raw(send(
+            &conv,
+            "e",
+            Kind::Edit(proto::Edit {
+                seq,
+                content: Some(content("see you never")),
+            }),
+        ))
+        .await;
+    assert_eq!(refused_with(r2), "NOT_ALLOWED");
+
+    // alice's laptop: the message, the reaction, the edit, in that order.
+    let seen = a_laptop.entries(4).await;
+    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, seq, r, ed]);
+    assert!(matches!(
+        &seen[2].kind,
+        Some(proto::entry::Kind::Reaction(x)) if x.seq == seq && x.emoji == "👍" && !x.remove
+    ));
+    match &seen[3].kind {
+        Some(proto::entry::Kind::Edit(e)) => {
+            assert_eq!(e.seq, seq);
+            let c = e.content.as_ref().unwrap();
+            assert_eq!((c.body.as_slice(), c.reply_to), (&b"see you at 7"[..], 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    // alice's phone sent the edit: it gets the reaction only.
+    assert_eq!(a_phone.entry().await.seq, r);
+    let e = bob.entry().await;
+    assert_eq!(e.seq, ed);
+
+    // History shows the summary, and a reaction taken back leaves it.
+    let h = bob.history(&conv).await;
+    let m = h.iter().find(|e| e.seq == seq).unwrap();
+    assert_eq!(
+        m.reactions,
+        [proto::ReactionCount {
+            emoji: "👍".into(),
+            count: 1,
+            users: vec!["bob".into()],
+        }]
+    );
+    bob.send_raw(send(&conv, "r3", react(seq, "👍", true))).await.unwrap();
+    let (zero, _) = bob.send_raw(send(&conv, "r4", react(seq, "👍", true))).await.unwrap();
+    assert_eq!(zero, 0, "taking back what is not there stores nothing");
+    // A reaction on something that is not a message is refused.
+    let r5 = bob.send_raw(send(&conv, "r5", react(r, "🙂", false))).await;
+    assert_eq!(refused_with(r5), "UNKNOWN_MESSAGE");
+    let h = a_phone.history(&conv).await;
+    assert!(h.iter().find(|e| e.seq == seq).unwrap().reactions.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let mut bob = Phone::connect(&s, "bob", "phone").await;
+    let (secret, conv) = alice
+        .send_text(To::User("bob"), "1", "the password is hunter2")
+        .await
+        .unwrap();
+    let conv = conv.unwrap();
+    let (edit, _) = alice
+        .send_raw(send(
+            &conv,
+            "2",
+            Kind::Edit(proto::Edit {
+                seq: secret,
+                content: Some(content("the password is hunter3")),
+            }),
+        ))
+        .await
+        .unwrap();
+    let (kept, _) = alice.send_text(To::Conversation(&conv), "3", "see you").await.unwrap();
+    bob.entries(4).await;
+
+    // bob may not delete alice's message for everyone; alice may.
+    let r = bob.send_raw(send(&conv, "d", delete(secret, true))).await;
+    assert_eq!(refused_with(r), "NOT_ALLOWED");
+    let (del, _) = alice.send_raw(send(&conv, "4", delete(secret, true))).await.unwrap();
+    let e = bob.entry().await;
+    assert!(matches!(
+        &e.kind,
+        Some(proto::entry::Kind::Delete(d)) if d.seq == secret && d.for_everyone
+    ));
+    assert_eq!(e.seq, del);
+
+    // bob deletes alice's last message for himself only.
+    let mut b_tablet = Phone::connect(&s, "bob", "tablet").await;
+    let (mine, _) = bob.send_raw(send(&conv, "5", delete(kept, false))).await.unwrap();
+
+    // Blank at once, on every path: history for both, a device fed from
+    // the start of its inbox (bob's new tablet), and after a restart.
+    let check = |h: &[proto::Entry], viewer: &str| {
+        for seq in [secret, edit] {
+            let e = h.iter().find(|e| e.seq == seq).expect("still listed");
+            assert!(e.deleted, "{viewer}: entry {seq} is marked deleted");
+            assert!(
+                body(e).is_none_or(|c| c.body.is_empty() && c.r#type.is_empty()),
+                "{viewer}: entry {seq} still shows {e:?}"
+            );
+        }
+        let k = h.iter().find(|e| e.seq == kept).unwrap();
+        assert_eq!(text(k), "see you");
+        let m = h.iter().find(|e| e.seq == mine).unwrap();
+        if viewer == "bob" {
+            assert!(matches!(
+                &m.kind,
+                Some(proto::entry::Kind::Delete(d)) if d.seq == kept && !d.for_everyone
+            ));
+        } else {
+            // Another member's private delete: an entry without a kind.
+            assert_eq!((m.kind.as_ref(), m.sender.as_str()), (None, ""));
+        }
+    };
+    check(&alice.history(&conv).await, "alice");
+    check(&bob.history(&conv).await, "bob");
+    let fed = b_tablet.entries(6).await;
+    check(&fed, "bob");
+
+    drop((alice, bob, b_tablet));
+    s.stop().await;
+    let s = ChatServer::start(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    check(&alice.history(&conv).await, "alice");
+    s.stop().await;
+}
