@@ -199,6 +199,11 @@ impl Chat {
                     DirRecord::Deleted { conversation, seq } => {
                         self.deleted.insert(conversation, *seq)
                     }
+                    DirRecord::Blocked {
+                        user,
+                        other,
+                        blocked,
+                    } => self.blocks.apply(user, other, *blocked),
                     _ => {}
                 }
                 d.apply(&rec);

@@ -440,8 +440,13 @@ impl Deliveries {
                 // would cost members x members messages.
                 if c.kind == ConvKind::Direct {
                     for other in c.members.keys().filter(|u| **u != user) {
+                        // Read receipts off, or blocked: delivered only.
+                        let mut r = receipt.clone();
+                        if !crate::controls::read_visible(&self.chat, &d, &user, other) {
+                            r.read = 0;
+                        }
                         for id in self.devices.get(other).into_iter().flatten() {
-                            out.entry(id.clone()).or_default().push(receipt.clone());
+                            out.entry(id.clone()).or_default().push(r.clone());
                         }
                     }
                 }

@@ -26,6 +26,10 @@ pub(crate) struct User {
     pub disabled: bool,
     /// Conversations the user is a member of.
     pub conversations: HashSet<String>,
+    /// Muted conversations, until when (Unix seconds).
+    pub muted: HashMap<String, u64>,
+    /// Its read watermarks are not shown to others, nor others' to it.
+    pub read_receipts_off: bool,
 }
 
 /// A member of a conversation.
@@ -222,7 +226,25 @@ impl Directory {
                 }
             }
             // Kept outside the directory (read without its lock).
-            DirRecord::Deleted { .. } => {}
+            DirRecord::Deleted { .. } | DirRecord::Blocked { .. } => {}
+            DirRecord::Muted {
+                user,
+                conversation,
+                until,
+            } => {
+                let u = self.users.entry(user.clone()).or_default();
+                if *until == 0 {
+                    u.muted.remove(conversation);
+                } else {
+                    u.muted.insert(conversation.clone(), *until);
+                }
+            }
+            DirRecord::ReadReceipts { user, enabled } => {
+                self.users
+                    .entry(user.clone())
+                    .or_default()
+                    .read_receipts_off = !enabled;
+            }
         }
     }
 

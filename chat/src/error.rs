@@ -34,6 +34,9 @@ pub enum ChatError {
     /// A limit was reached.
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// One of a direct conversation's users has blocked the other.
+    #[error("blocked")]
+    Blocked,
     /// The message referred to is not one this user can see here.
     #[error("no such message in this conversation")]
     UnknownMessage,
@@ -60,6 +63,7 @@ impl ChatError {
             ChatError::Unavailable(_) => C::Unavailable,
             ChatError::InviteInvalid(_) => C::InviteInvalid,
             ChatError::UnknownMessage => C::UnknownMessage,
+            ChatError::Blocked => C::Blocked,
         }
     }
 
@@ -68,9 +72,10 @@ impl ChatError {
     pub fn reply(&self) -> Reply {
         let ack = match self {
             ChatError::BadRequest(_) => AckCode::PayloadFormatInvalid,
-            ChatError::NotMember | ChatError::NotAllowed(_) | ChatError::InviteInvalid(_) => {
-                AckCode::NotAuthorized
-            }
+            ChatError::NotMember
+            | ChatError::NotAllowed(_)
+            | ChatError::InviteInvalid(_)
+            | ChatError::Blocked => AckCode::NotAuthorized,
             ChatError::LimitReached(_) => AckCode::QuotaExceeded,
             ChatError::Unavailable(_) => AckCode::UnspecifiedError,
             ChatError::UnknownConversation

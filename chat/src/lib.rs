@@ -27,6 +27,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
 mod config;
+mod controls;
 mod conversations;
 mod delivery;
 mod directory;
@@ -65,6 +66,8 @@ pub struct Chat {
     failures: Mutex<FxHashMap<IpAddr, identity::Failures>>,
     /// Messages deleted for everyone.
     deleted: messages::Deleted,
+    /// Who blocked whom.
+    blocks: controls::Blocks,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -187,6 +190,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         events: tx,
         failures: Mutex::default(),
         deleted: messages::Deleted::default(),
+        blocks: controls::Blocks::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -220,6 +224,7 @@ impl Chat {
             events: mpsc::unbounded_channel().0,
             failures: Mutex::default(),
             deleted: messages::Deleted::default(),
+            blocks: controls::Blocks::default(),
         }
     }
 

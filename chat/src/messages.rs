@@ -418,9 +418,11 @@ impl Chat {
             })),
             StoredKind::Group(g) => Some(crate::groups::change_to_proto(g)),
         };
+        let sender_blocked = viewer.is_some_and(|v| self.blocks.has(v, &e.sender));
         Some(proto::Entry {
             conversation: conv.to_owned(),
             seq: r.seq,
+            sender_blocked,
             client_msg_id: if own { e.client_msg_id } else { String::new() },
             sender: e.sender,
             sender_device: e.device,

@@ -204,6 +204,20 @@ pub(crate) enum DirRecord {
     /// Message `seq` of `conversation` was deleted for everyone: every
     /// read path blanks its body (written before the entry saying so).
     Deleted { conversation: String, seq: u64 },
+    /// `user` muted `conversation` until `until` (Unix seconds; 0: not).
+    Muted {
+        user: String,
+        conversation: String,
+        until: u64,
+    },
+    /// `user` turned its read receipts on or off.
+    ReadReceipts { user: String, enabled: bool },
+    /// `user` blocked (or unblocked) `other`.
+    Blocked {
+        user: String,
+        other: String,
+        blocked: bool,
+    },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> bytes::Bytes {

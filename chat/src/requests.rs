@@ -194,6 +194,9 @@ impl Chat {
                     "a new conversation starts with content".into(),
                 ));
             }
+            if self.blocks.either(user, &s.to_user) {
+                return Err(ChatError::Blocked);
+            }
             let id = direct_id(user, &s.to_user);
             if !d.conversations.contains_key(&id) {
                 // Under the lock: one direct conversation per pair, even
@@ -215,6 +218,13 @@ impl Chat {
             ));
         };
         let (c, m) = Chat::member_of(&d, &conv, user)?;
+        if c.kind == ConvKind::Direct
+            && c.members
+                .keys()
+                .any(|o| o != user && self.blocks.either(user, o))
+        {
+            return Err(ChatError::Blocked);
+        }
         let checked = self.check_send(c, &conv, user, m, kind, now_ms)?;
         if let Some(seq) = checked.already {
             drop(d);
@@ -370,6 +380,10 @@ impl Chat {
             Op::ListJoinRequests(l) => self.list_join_requests(user, &l.conversation),
             Op::AnswerJoinRequest(a) => self.answer_join_request(user, device, a),
             Op::SearchGroups(q) => self.search_groups(q),
+            Op::Mute(m) => self.mute(user, m),
+            Op::SetReadReceipts(r) => self.set_read_receipts(user, r.enabled),
+            Op::Block(b) => self.block(user, b),
+            Op::ListBlocked(_) => Ok(self.list_blocked(user)),
             Op::History(h) => {
                 let d = self.dir.lock();
                 let (c, m) = Chat::member_of(&d, &h.conversation, user)?;
@@ -498,7 +512,7 @@ impl Chat {
                     if m.delivered >= q.seq {
                         res.delivered.push(u.clone());
                     }
-                    if m.read >= q.seq {
+                    if m.read >= q.seq && crate::controls::read_visible(self, &d, u, user) {
                         res.read.push(u.clone());
                     }
                 }
@@ -669,6 +683,12 @@ impl Chat {
                 .filter(|(_, m)| m.role == Role::Admin)
                 .map(|(u, _)| u.clone())
                 .collect(),
+            muted_until: d
+                .users
+                .get(user)
+                .and_then(|u| u.muted.get(id))
+                .copied()
+                .unwrap_or(0),
         })
     }
 

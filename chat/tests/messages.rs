@@ -80,10 +80,15 @@ async fn replies_mentions_and_attachments_are_checked_and_delivered() {
     reply.reply_to = first;
     reply.mentions = vec!["alice".into()];
     reply.attachment = Some(attachment());
-    bob.send_raw(send(&g, "1", Kind::Content(reply))).await.unwrap();
+    bob.send_raw(send(&g, "1", Kind::Content(reply)))
+        .await
+        .unwrap();
     let e = alice.entry().await;
     let c = body(&e).unwrap();
-    assert_eq!((c.reply_to, c.mentions.as_slice()), (first, &["alice".to_string()][..]));
+    assert_eq!(
+        (c.reply_to, c.mentions.as_slice()),
+        (first, &["alice".to_string()][..])
+    );
     assert!(e.mentions_me);
     assert_eq!(c.attachment, Some(attachment()));
     assert_eq!(e.sender, "bob");
@@ -151,9 +156,15 @@ async fn a_reaction_and_an_edit_reach_every_device_in_order() {
     let conv = conv.unwrap();
     bob.entries(2).await;
 
-    let (r, _) = bob.send_raw(send(&conv, "r1", react(seq, "👍", false))).await.unwrap();
+    let (r, _) = bob
+        .send_raw(send(&conv, "r1", react(seq, "👍", false)))
+        .await
+        .unwrap();
     // The same reaction again stores nothing and answers the first's seq.
-    let (again, _) = bob.send_raw(send(&conv, "r2", react(seq, "👍", false))).await.unwrap();
+    let (again, _) = bob
+        .send_raw(send(&conv, "r2", react(seq, "👍", false)))
+        .await
+        .unwrap();
     assert_eq!(again, r);
     let mut edit = content("see you at 7");
     edit.reply_to = 42; // ignored on an edit
@@ -183,7 +194,10 @@ async fn a_reaction_and_an_edit_reach_every_device_in_order() {
 
     // alice's laptop: the message, the reaction, the edit, in that order.
     let seen = a_laptop.entries(4).await;
-    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, seq, r, ed]);
+    assert_eq!(
+        seen.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, seq, r, ed]
+    );
     assert!(matches!(
         &seen[2].kind,
         Some(proto::entry::Kind::Reaction(x)) if x.seq == seq && x.emoji == "👍" && !x.remove
@@ -212,14 +226,24 @@ async fn a_reaction_and_an_edit_reach_every_device_in_order() {
             users: vec!["bob".into()],
         }]
     );
-    bob.send_raw(send(&conv, "r3", react(seq, "👍", true))).await.unwrap();
-    let (zero, _) = bob.send_raw(send(&conv, "r4", react(seq, "👍", true))).await.unwrap();
+    bob.send_raw(send(&conv, "r3", react(seq, "👍", true)))
+        .await
+        .unwrap();
+    let (zero, _) = bob
+        .send_raw(send(&conv, "r4", react(seq, "👍", true)))
+        .await
+        .unwrap();
     assert_eq!(zero, 0, "taking back what is not there stores nothing");
     // A reaction on something that is not a message is refused.
     let r5 = bob.send_raw(send(&conv, "r5", react(r, "🙂", false))).await;
     assert_eq!(refused_with(r5), "UNKNOWN_MESSAGE");
     let h = a_phone.history(&conv).await;
-    assert!(h.iter().find(|e| e.seq == seq).unwrap().reactions.is_empty());
+    assert!(h
+        .iter()
+        .find(|e| e.seq == seq)
+        .unwrap()
+        .reactions
+        .is_empty());
     s.stop().await;
 }
 
@@ -245,13 +269,19 @@ async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_
         ))
         .await
         .unwrap();
-    let (kept, _) = alice.send_text(To::Conversation(&conv), "3", "see you").await.unwrap();
+    let (kept, _) = alice
+        .send_text(To::Conversation(&conv), "3", "see you")
+        .await
+        .unwrap();
     bob.entries(4).await;
 
     // bob may not delete alice's message for everyone; alice may.
     let r = bob.send_raw(send(&conv, "d", delete(secret, true))).await;
     assert_eq!(refused_with(r), "NOT_ALLOWED");
-    let (del, _) = alice.send_raw(send(&conv, "4", delete(secret, true))).await.unwrap();
+    let (del, _) = alice
+        .send_raw(send(&conv, "4", delete(secret, true)))
+        .await
+        .unwrap();
     let e = bob.entry().await;
     assert!(matches!(
         &e.kind,
@@ -261,7 +291,10 @@ async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_
 
     // bob deletes alice's last message for himself only.
     let mut b_tablet = Phone::connect(&s, "bob", "tablet").await;
-    let (mine, _) = bob.send_raw(send(&conv, "5", delete(kept, false))).await.unwrap();
+    let (mine, _) = bob
+        .send_raw(send(&conv, "5", delete(kept, false)))
+        .await
+        .unwrap();
 
     // Blank at once, on every path: history for both, a device fed from
     // the start of its inbox (bob's new tablet), and after a restart.
