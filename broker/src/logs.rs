@@ -264,6 +264,17 @@ impl Logs {
         self.store.log_cursors(log)
     }
 
+    /// Erases record `seq` of `log` at the next commit: reads leave it out
+    /// from then on. Its sequence number is never reused, and its id still
+    /// makes a resend a repeat. (Where the bytes are once erased is the
+    /// backend's affair: docs/DURABILITY.md.)
+    pub fn erase(&self, log: &str, seq: u64) {
+        self.commit.write(Write::LogErase {
+            log: log.to_owned(),
+            seq,
+        });
+    }
+
     /// Removes the records of `log` that `retention` lets go, at the next
     /// commit. Sequence numbers are never reused. Returns the highest
     /// sequence number removed (0: none).

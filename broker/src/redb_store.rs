@@ -434,6 +434,12 @@ impl RedbStore {
                             .move_log(log, &mut step, |all| named.move_in(all, false))?;
                         named.trim(log, upto)?;
                     }
+                    Write::LogErase { log, seq } => {
+                        // As for a trim: the record is in its log first.
+                        self.staging
+                            .move_log(log, &mut step, |all| named.move_in(all, false))?;
+                        named.erase(log, *seq)?;
+                    }
                     Write::LogCursor { log, consumer, seq } => {
                         ncursors
                             .insert((log.as_str(), consumer.as_str()), *seq)
@@ -548,6 +554,39 @@ impl Named<'_, '_> {
         }
         for id in &ids {
             self.ids.remove((log, id.as_str())).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+impl Named<'_, '_> {
+    /// Takes record `seq` out of the batch that holds it (a batch's key is
+    /// its last record's seq, so a batch losing its last is keyed anew).
+    fn erase(&mut self, log: &str, seq: u64) -> StoreResult<()> {
+        let found = match self
+            .logs
+            .range((log, seq)..=(log, u64::MAX))
+            .map_err(io)?
+            .next()
+        {
+            Some(kv) => {
+                let (k, v) = kv.map_err(io)?;
+                Some((k.value().1, decode_batch(v.value())?))
+            }
+            None => None,
+        };
+        let Some((key, recs)) = found else {
+            return Ok(());
+        };
+        if !recs.iter().any(|r| r.seq == seq) {
+            return Ok(()); // trimmed or erased already
+        }
+        let kept: Vec<&LogRecord> = recs.iter().filter(|r| r.seq != seq).collect();
+        self.logs.remove((log, key)).map_err(io)?;
+        if let Some(last) = kept.last() {
+            self.logs
+                .insert((log, last.seq), encode_batch(&kept)?.as_slice())
+                .map_err(io)?;
         }
         Ok(())
     }

@@ -233,6 +233,15 @@ pub enum Write {
         /// Last sequence number removed.
         upto: u64,
     },
+    /// Erases one record of a named log: every read leaves it out from
+    /// then on; its sequence number is not reused, and its id (if it has
+    /// one) still names it, so a resend stays a repeat.
+    LogErase {
+        /// The log's name.
+        log: String,
+        /// The record's sequence number.
+        seq: u64,
+    },
     /// Sets a named log's cursor for a consumer.
     LogCursor {
         /// The log's name.

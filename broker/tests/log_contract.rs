@@ -216,6 +216,81 @@ async fn retention_by_count_by_cursors_and_by_age() {
     }
 }
 
+fn redb_small_staging(dir: &Path) -> Arc<dyn Store> {
+    let limits = courier::redb_store::StagingLimits {
+        records: 16,
+        bytes: 1 << 20,
+    };
+    RedbStore::open_with(dir, limits).expect("open the store")
+}
+
+#[tokio::test]
+async fn an_erased_record_is_gone_from_every_read_and_stays_gone() {
+    // Also with a tiny staging area, so that erased records lie in moved
+    // batches (first, middle, last of one) as well as in the staging.
+    let opens: Vec<(&str, Open)> = BACKENDS
+        .iter()
+        .copied()
+        .chain([("redb-small-staging", redb_small_staging as Open)])
+        .collect();
+    for (name, open) in opens {
+        let dir = tempfile::tempdir().unwrap();
+        let erased = [1, 30, 31, 64, 65, 99, 100];
+        {
+            let (logs, gc) = logs_on(open(dir.path()));
+            for i in 1..=100 {
+                let id = format!("m{i}");
+                logs.append("c", vec![rec(Some(&id), &format!("body {i}"))], None)
+                    .unwrap();
+                logs.append("other", vec![rec(None, "x")], None).unwrap();
+                if i % 10 == 0 {
+                    gc.durable().await.unwrap();
+                }
+            }
+            for seq in erased {
+                logs.erase("c", seq);
+            }
+            // Erasing what is not there (again, or never was) is no error.
+            logs.erase("c", 30);
+            logs.erase("c", 1000);
+            gc.durable().await.unwrap();
+            let want: Vec<u64> = (1..=100).filter(|s| !erased.contains(s)).collect();
+            assert_eq!(seqs(&logs.read("c", 0, 200).unwrap()), want, "{name}");
+            let mut back = seqs(&logs.read_back("c", u64::MAX, 200).unwrap());
+            back.reverse();
+            assert_eq!(back, want, "{name}: backward");
+            assert_eq!(
+                seqs(&logs.read_back("c", 65, 2).unwrap()),
+                [63, 62],
+                "{name}"
+            );
+            assert_eq!(logs.last("c").unwrap(), 100, "{name}: numbering goes on");
+            // A resend of an erased record's id is still a repeat.
+            let again = logs
+                .append("c", vec![rec(Some("m31"), "body 31")], None)
+                .unwrap();
+            assert_eq!(
+                (again.seqs.clone(), again.duplicates),
+                (vec![31], 1),
+                "{name}"
+            );
+            let next = logs.append("c", vec![rec(None, "new")], None).unwrap();
+            assert_eq!(next.seqs, [101], "{name}");
+            assert_eq!(logs.read("other", 0, 200).unwrap().len(), 100, "{name}");
+            gc.durable().await.unwrap();
+            gc.close().await;
+        }
+        let (logs, _gc) = logs_on(open(dir.path()));
+        let got = logs.read("c", 0, 200).unwrap();
+        assert_eq!(got.len(), 94, "{name}: after a restart");
+        assert!(got.iter().all(|r| !erased.contains(&r.seq)), "{name}");
+        assert!(
+            !got.iter().any(|r| r.data == "body 64"),
+            "{name}: the erased body is not read back"
+        );
+    }
+}
+
 #[tokio::test]
 async fn records_cursors_and_ids_survive_a_restart() {
     for (name, open) in BACKENDS {

@@ -196,9 +196,6 @@ impl Chat {
                         .entry(conversation.clone())
                         .or_default()
                         .push((*seq, entry.clone())),
-                    DirRecord::Deleted { conversation, seq } => {
-                        self.deleted.insert(conversation, *seq)
-                    }
                     DirRecord::Blocked {
                         user,
                         other,

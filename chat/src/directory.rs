@@ -226,7 +226,7 @@ impl Directory {
                 }
             }
             // Kept outside the directory (read without its lock).
-            DirRecord::Deleted { .. } | DirRecord::Blocked { .. } => {}
+            DirRecord::Blocked { .. } => {}
             DirRecord::Muted {
                 user,
                 conversation,

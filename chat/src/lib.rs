@@ -64,8 +64,6 @@ pub struct Chat {
     metrics: Metrics,
     events: mpsc::UnboundedSender<delivery::Event>,
     failures: Mutex<FxHashMap<IpAddr, identity::Failures>>,
-    /// Messages deleted for everyone.
-    deleted: messages::Deleted,
     /// Who blocked whom.
     blocks: controls::Blocks,
 }
@@ -189,7 +187,6 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         metrics: Metrics::default(),
         events: tx,
         failures: Mutex::default(),
-        deleted: messages::Deleted::default(),
         blocks: controls::Blocks::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
@@ -223,7 +220,6 @@ impl Chat {
             metrics: Metrics::default(),
             events: mpsc::unbounded_channel().0,
             failures: Mutex::default(),
-            deleted: messages::Deleted::default(),
             blocks: controls::Blocks::default(),
         }
     }

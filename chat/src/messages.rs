@@ -3,16 +3,15 @@
 //! before it becomes an entry, and how an entry is shown to one viewer
 //! (bodies deleted for everyone, mentions of the viewer, reactions).
 //!
-//! Reactions are indexed per message as cursors of a log that has no
-//! records, `x/<conversation>/<seq>`, one per `<emoji>\0<user>` holding the
-//! reaction entry's seq (0: taken back): a message's summary is one range
-//! read. Messages deleted for everyone are remembered in memory (rebuilt
-//! from the directory log at start) so that every read path blanks them.
+//! Each message has an index: the cursors of a log that has no records,
+//! `x/<conversation>/<seq>`. A reaction is one per `<emoji>\0<user>`
+//! holding the reaction entry's seq (0: taken back), so a message's summary
+//! is one range read; an edit is one named `\0e<seq>`, so a delete for
+//! everyone finds the edits to erase with the message.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use courier::store::LogRecord;
-use parking_lot::RwLock;
 
 use crate::directory::{Conversation, Member};
 use crate::error::ChatError;
@@ -32,24 +31,6 @@ fn reaction_log(conv: &str, seq: u64) -> String {
     format!("x/{conv}/{seq}")
 }
 
-/// Messages deleted for everyone, by conversation.
-#[derive(Default)]
-pub(crate) struct Deleted(RwLock<HashMap<String, HashSet<u64>>>);
-
-impl Deleted {
-    pub(crate) fn insert(&self, conv: &str, seq: u64) {
-        self.0
-            .write()
-            .entry(conv.to_owned())
-            .or_default()
-            .insert(seq);
-    }
-
-    fn contains(&self, conv: &str, seq: u64) -> bool {
-        self.0.read().get(conv).is_some_and(|s| s.contains(&seq))
-    }
-}
-
 /// A send, checked: the entry to append and what it does besides.
 pub(crate) struct Checked {
     pub kind: StoredKind,
@@ -58,6 +39,9 @@ pub(crate) struct Checked {
     /// Nothing to store: already so (a repeated reaction); the seq of the
     /// entry that made it so (0: none).
     pub already: Option<u64>,
+    /// Entries to erase with it (a delete for everyone: the message and
+    /// its edits).
+    pub erase: Vec<u64>,
 }
 
 /// Whether the sender may still delete a message for everyone.
@@ -81,6 +65,7 @@ impl Chat {
             kind,
             own_only: false,
             already: None,
+            erase: Vec::new(),
         };
         match kind {
             Kind::Content(content) => {
@@ -114,9 +99,8 @@ impl Chat {
                     .map_or(0, |(_, v)| v);
                 if (now > 0) != r.remove {
                     return Ok(Checked {
-                        kind: StoredKind::Message(StoredMessage::default()),
-                        own_only: false,
                         already: Some(now),
+                        ..stored(StoredKind::Message(StoredMessage::default()))
                     });
                 }
                 Ok(stored(StoredKind::Reaction {
@@ -135,9 +119,6 @@ impl Chat {
                         "only the sender edits a message".into(),
                     ));
                 }
-                if self.deleted.contains(conv, e.seq) {
-                    return Err(ChatError::UnknownMessage);
-                }
                 let new = self.check_content(c, content, 0)?;
                 Ok(stored(StoredKind::Edit {
                     target: e.seq,
@@ -146,6 +127,7 @@ impl Chat {
             }
             Kind::Delete(del) => {
                 let (entry, sent_ms) = self.target(conv, m, del.seq)?;
+                let mut erase = Vec::new();
                 if del.for_everyone {
                     let admin = m.role >= Role::Admin;
                     if entry.sender != user && !admin {
@@ -159,6 +141,13 @@ impl Chat {
                             "messages are deleted for everyone within {window} s of sending"
                         )));
                     }
+                    let broker = self.broker()?;
+                    for (name, edit) in broker.logs().cursors(&reaction_log(conv, del.seq))? {
+                        if name.starts_with("\0e") && edit > 0 {
+                            erase.push(edit);
+                        }
+                    }
+                    erase.push(del.seq);
                 }
                 Ok(Checked {
                     kind: StoredKind::Delete {
@@ -167,6 +156,7 @@ impl Chat {
                     },
                     own_only: !del.for_everyone,
                     already: None,
+                    erase,
                 })
             }
         }
@@ -272,39 +262,40 @@ impl Chat {
         }
     }
 
-    /// What an accepted send does besides its entry: a reaction moves the
-    /// message's index; a delete for everyone blanks the message (the
-    /// directory record first, so a restart blanks it too).
-    pub(crate) fn before_append(&self, conv: &str, kind: &StoredKind) -> Result<(), ChatError> {
-        if let StoredKind::Delete {
-            target,
-            for_everyone: true,
-        } = kind
-        {
-            self.dir_append(&[records::DirRecord::Deleted {
-                conversation: conv.to_owned(),
-                seq: *target,
-            }])?;
-            self.deleted.insert(conv, *target);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn after_append(&self, conv: &str, user: &str, seq: u64, kind: &StoredKind) {
-        if let StoredKind::Reaction {
-            target,
-            emoji,
-            remove,
-        } = kind
-        {
-            if let Ok(b) = self.broker() {
+    /// What an accepted send does besides its entry, in the same commit:
+    /// a reaction or an edit goes into the message's index; a delete for
+    /// everyone erases the message and its edits.
+    pub(crate) fn after_append(
+        &self,
+        conv: &str,
+        user: &str,
+        seq: u64,
+        kind: &StoredKind,
+        erase: &[u64],
+    ) {
+        let Ok(broker) = self.broker() else { return };
+        let logs = broker.logs();
+        match kind {
+            StoredKind::Reaction {
+                target,
+                emoji,
+                remove,
+            } => {
                 let value = if *remove { 0 } else { seq };
-                b.logs().set_cursor(
+                logs.set_cursor(
                     &reaction_log(conv, *target),
                     &format!("{emoji}\0{user}"),
                     value,
                 );
             }
+            StoredKind::Edit { target, .. } => {
+                logs.set_cursor(&reaction_log(conv, *target), &format!("\0e{seq}"), seq);
+            }
+            _ => {}
+        }
+        let log = conversation_log(conv);
+        for seq in erase {
+            logs.erase(&log, *seq);
         }
     }
 
@@ -320,7 +311,7 @@ impl Chat {
             if v == 0 {
                 continue;
             }
-            if let Some((emoji, user)) = key.split_once('\0') {
+            if let Some((emoji, user)) = key.split_once('\0').filter(|(e, _)| !e.is_empty()) {
                 by.entry(emoji.to_owned())
                     .or_default()
                     .push(user.to_owned());
@@ -337,8 +328,8 @@ impl Chat {
     }
 
     /// Entry `r` of `conv` as `viewer` is shown it: the sender's client
-    /// message id only to the sender; a body deleted for everyone blanked;
-    /// another member's delete-for-me as an entry without a kind.
+    /// message id only to the sender; another member's delete-for-me as an
+    /// entry without a kind.
     pub(crate) fn show(
         &self,
         conv: &str,
@@ -347,31 +338,24 @@ impl Chat {
     ) -> Option<proto::Entry> {
         let e = records::decode::<StoredEntry>(&r.data)?;
         let own = viewer == Some(e.sender.as_str());
-        let mut deleted = false;
         let mut mentions_me = false;
         let kind = match e.kind {
-            StoredKind::Content { ty, body } => Some(self.blank_or(
-                conv,
-                r.seq,
-                &mut deleted,
-                StoredMessage {
+            StoredKind::Content { ty, body } => Some(proto::entry::Kind::Content(
+                content_to_proto(StoredMessage {
                     ty,
                     body,
                     ..StoredMessage::default()
-                },
-                proto::entry::Kind::Content,
+                }),
             )),
             StoredKind::Message(m) => {
                 mentions_me = viewer.is_some_and(|v| m.mentions.iter().any(|x| x == v));
-                Some(self.blank_or(conv, r.seq, &mut deleted, m, proto::entry::Kind::Content))
+                Some(proto::entry::Kind::Content(content_to_proto(m)))
             }
             StoredKind::Edit { target, message } => {
                 mentions_me = viewer.is_some_and(|v| message.mentions.iter().any(|x| x == v));
-                Some(self.blank_or(conv, target, &mut deleted, message, |m| {
-                    proto::entry::Kind::Edit(proto::Edit {
-                        seq: target,
-                        content: Some(m),
-                    })
+                Some(proto::entry::Kind::Edit(proto::Edit {
+                    seq: target,
+                    content: Some(content_to_proto(message)),
                 }))
             }
             StoredKind::Reaction {
@@ -428,45 +412,29 @@ impl Chat {
             sender_device: e.device,
             time_ms: r.time_ms,
             kind,
-            deleted,
             mentions_me,
             reactions: Vec::new(),
         })
     }
+}
 
-    /// `m` as protocol content, or blanked (and `deleted` set) if message
-    /// `seq` was deleted for everyone.
-    fn blank_or(
-        &self,
-        conv: &str,
-        seq: u64,
-        deleted: &mut bool,
-        m: StoredMessage,
-        wrap: impl FnOnce(proto::Content) -> proto::entry::Kind,
-    ) -> proto::entry::Kind {
-        if self.deleted.contains(conv, seq) {
-            *deleted = true;
-            return wrap(proto::Content {
-                reply_to: m.reply_to,
-                ..proto::Content::default()
-            });
-        }
-        wrap(proto::Content {
-            r#type: m.ty,
-            body: m.body,
-            reply_to: m.reply_to,
-            mentions: m.mentions,
-            attachment: m.attachment.map(|a| {
-                let a = *a;
-                proto::Attachment {
-                    id: a.id,
-                    mime_type: a.mime_type,
-                    size: a.size,
-                    sha256: a.sha256,
-                    thumbnail_id: a.thumbnail_id,
-                }
-            }),
-        })
+/// A stored message's content as the protocol carries it.
+fn content_to_proto(m: StoredMessage) -> proto::Content {
+    proto::Content {
+        r#type: m.ty,
+        body: m.body,
+        reply_to: m.reply_to,
+        mentions: m.mentions,
+        attachment: m.attachment.map(|a| {
+            let a = *a;
+            proto::Attachment {
+                id: a.id,
+                mime_type: a.mime_type,
+                size: a.size,
+                sha256: a.sha256,
+                thumbnail_id: a.thumbnail_id,
+            }
+        }),
     }
 }
 

@@ -201,9 +201,6 @@ pub(crate) enum DirRecord {
     InviteUsed { token: String },
     /// An invite link was revoked.
     InviteRevoked { token: String },
-    /// Message `seq` of `conversation` was deleted for everyone: every
-    /// read path blanks its body (written before the entry saying so).
-    Deleted { conversation: String, seq: u64 },
     /// `user` muted `conversation` until `until` (Unix seconds; 0: not).
     Muted {
         user: String,

@@ -225,8 +225,13 @@ impl Chat {
         {
             return Err(ChatError::Blocked);
         }
-        let checked = self.check_send(c, &conv, user, m, kind, now_ms)?;
-        if let Some(seq) = checked.already {
+        let crate::messages::Checked {
+            kind,
+            own_only,
+            already,
+            erase,
+        } = self.check_send(c, &conv, user, m, kind, now_ms)?;
+        if let Some(seq) = already {
             drop(d);
             return Ok(Done {
                 reply: Reply::success().with_property("seq", seq.to_string()),
@@ -234,7 +239,7 @@ impl Chat {
                 woken: Vec::new(),
             });
         }
-        let recipients: Vec<String> = if checked.own_only {
+        let recipients: Vec<String> = if own_only {
             vec![user.to_owned()]
         } else {
             c.members.keys().cloned().collect()
@@ -243,14 +248,13 @@ impl Chat {
             sender: user.to_owned(),
             device: device.to_owned(),
             client_msg_id: s.client_msg_id.clone(),
-            kind: checked.kind,
+            kind,
         };
         // Scoped to the device: another device's id never collides.
         let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
-        self.before_append(&conv, &entry.kind)?;
         let (seq, repeat) = self.append_entry(&mut d, &conv, &entry, Some(id), &recipients)?;
         if !repeat {
-            self.after_append(&conv, user, seq, &entry.kind);
+            self.after_append(&conv, user, seq, &entry.kind, &erase);
         }
         drop(d);
         if repeat {
@@ -411,7 +415,7 @@ impl Chat {
                     .filter_map(|r| self.show(&h.conversation, r, Some(user)))
                     .collect();
                 for e in &mut entries {
-                    if matches!(e.kind, Some(proto::entry::Kind::Content(_))) && !e.deleted {
+                    if matches!(e.kind, Some(proto::entry::Kind::Content(_))) {
                         e.reactions = self.reactions(&h.conversation, e.seq)?;
                     }
                 }

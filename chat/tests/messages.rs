@@ -1,7 +1,7 @@
 //! Message kinds over real sockets: replies, mentions and attachments
 //! checked; reactions and edits reaching every device in order; deletes
-//! for everyone blanking a body on every read path at once, and deletes
-//! for me staying private.
+//! for everyone erasing the message from every read path at once, and
+//! deletes for me staying private.
 
 mod common;
 
@@ -248,7 +248,7 @@ async fn a_reaction_and_an_edit_reach_every_device_in_order() {
 }
 
 #[tokio::test]
-async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_private() {
+async fn delete_for_everyone_erases_the_message_everywhere_and_delete_for_me_stays_private() {
     let dir = tempfile::tempdir().unwrap();
     let s = ChatServer::start(dir.path()).await;
     let mut alice = Phone::connect(&s, "alice", "phone").await;
@@ -296,19 +296,25 @@ async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_
         .await
         .unwrap();
 
-    // Blank at once, on every path: history for both, a device fed from
-    // the start of its inbox (bob's new tablet), and after a restart.
+    // Gone at once, on every path: history for both, a device fed from
+    // the start of its inbox (bob's new tablet), and after a restart. The
+    // Delete entry is what names it.
     let check = |h: &[proto::Entry], viewer: &str| {
         for seq in [secret, edit] {
-            let e = h.iter().find(|e| e.seq == seq).expect("still listed");
-            assert!(e.deleted, "{viewer}: entry {seq} is marked deleted");
             assert!(
-                body(e).is_none_or(|c| c.body.is_empty() && c.r#type.is_empty()),
-                "{viewer}: entry {seq} still shows {e:?}"
+                h.iter().all(|e| e.seq != seq),
+                "{viewer}: entry {seq} is still there"
             );
         }
+        assert!(h
+            .iter()
+            .all(|e| body(e).is_none_or(|c| !c.body.starts_with(b"the password"))));
         let k = h.iter().find(|e| e.seq == kept).unwrap();
         assert_eq!(text(k), "see you");
+        assert!(
+            h.iter().any(|e| e.seq == del),
+            "{viewer}: the delete is listed"
+        );
         let m = h.iter().find(|e| e.seq == mine).unwrap();
         if viewer == "bob" {
             assert!(matches!(
@@ -322,8 +328,24 @@ async fn delete_for_everyone_blanks_the_body_everywhere_and_delete_for_me_stays_
     };
     check(&alice.history(&conv).await, "alice");
     check(&bob.history(&conv).await, "bob");
-    let fed = b_tablet.entries(6).await;
+    let fed = b_tablet.entries(4).await;
+    assert_eq!(
+        fed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, kept, del, mine]
+    );
     check(&fed, "bob");
+    // An edit of what is gone finds nothing.
+    let r = alice
+        .send_raw(send(
+            &conv,
+            "6",
+            Kind::Edit(proto::Edit {
+                seq: secret,
+                content: Some(content("again")),
+            }),
+        ))
+        .await;
+    assert_eq!(refused_with(r), "UNKNOWN_MESSAGE");
 
     drop((alice, bob, b_tablet));
     s.stop().await;
