@@ -39,6 +39,11 @@ pub(crate) enum Event {
         user: String,
         device: String,
     },
+    /// Disappearing messages of a conversation were erased.
+    Expired {
+        conversation: String,
+        seqs: Vec<u64>,
+    },
     /// How one delivery ended.
     Report {
         client_id: Arc<str>,
@@ -209,6 +214,7 @@ impl Deliveries {
                 seq,
                 outcome,
             } => self.report(client_id, inbox_seq, conversation, seq, outcome),
+            Event::Expired { conversation, seqs } => self.expired(conversation, seqs),
         }
     }
 
@@ -255,6 +261,35 @@ impl Deliveries {
             None => p.taken,
         };
         p.cursor = p.cursor.max(upto);
+    }
+
+    /// Tells the members' online devices that `seqs` of `conv` are gone
+    /// (best effort: a device expires them itself by their expiry).
+    fn expired(&mut self, conversation: String, seqs: Vec<u64>) {
+        let Ok(broker) = self.chat.broker() else {
+            return;
+        };
+        let members: Vec<String> = {
+            let d = self.chat.dir.lock();
+            match d.conversations.get(&conversation) {
+                Some(c) => c.members.keys().cloned().collect(),
+                None => return,
+            }
+        };
+        let down = proto::Down {
+            kind: Some(proto::down::Kind::Expired(proto::Expired {
+                conversation,
+                seqs,
+            })),
+        };
+        let payload = Bytes::from(down.encode_to_vec());
+        for u in members {
+            for id in self.devices.get(&u).into_iter().flatten() {
+                if let Some(p) = self.pumps.get(id) {
+                    let _ = broker.deliver(id, inbox_message(p, payload.clone()), false, None);
+                }
+            }
+        }
     }
 
     /// `user` has entry `seq` of `conv` on a device.

@@ -66,6 +66,8 @@ pub(crate) struct Conversation {
     pub join_requests: BTreeSet<String>,
     /// The last member left: nothing more happens in it.
     pub closed: bool,
+    /// Messages sent now disappear this long after (0: never).
+    pub disappear_secs: u64,
 }
 
 impl Conversation {
@@ -83,6 +85,7 @@ impl Conversation {
             max_members: 0,
             join_requests: BTreeSet::new(),
             closed: false,
+            disappear_secs: 0,
         }
     }
 
@@ -261,6 +264,7 @@ impl Directory {
             | StoredKind::Reaction { .. }
             | StoredKind::Edit { .. }
             | StoredKind::Delete { .. } => {}
+            StoredKind::Disappearing { ttl_secs } => c.disappear_secs = *ttl_secs,
             StoredKind::Group(g) => match g {
                 GroupChange::Settings(s) => c.apply_settings(s),
                 GroupChange::Role { user, role } => {

@@ -32,6 +32,7 @@ mod conversations;
 mod delivery;
 mod directory;
 mod error;
+mod expiry;
 mod groups;
 pub mod identity;
 mod inbox;
@@ -66,6 +67,8 @@ pub struct Chat {
     failures: Mutex<FxHashMap<IpAddr, identity::Failures>>,
     /// Who blocked whom.
     blocks: controls::Blocks,
+    /// Pending expiries of disappearing messages.
+    timers: expiry::Timers,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -188,6 +191,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         events: tx,
         failures: Mutex::default(),
         blocks: controls::Blocks::default(),
+        timers: expiry::Timers::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -198,11 +202,13 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
     let _ = me.broker.set(Arc::downgrade(&broker));
     if enabled {
         me.recover()?;
+        me.recover_timers()?;
         broker
             .claim_namespace(topics::PREFIX, Arc::new(requests::Handler(me.clone())))
             .map_err(courier::server::ServerError::from)?;
         delivery::spawn(me.clone(), broker.feed(), rx);
         retention::spawn(me.clone());
+        expiry::spawn(me.clone());
     }
     let server = Server::serve(broker).await?;
     Ok(Running { server, chat: me })
@@ -221,6 +227,7 @@ impl Chat {
             events: mpsc::unbounded_channel().0,
             failures: Mutex::default(),
             blocks: controls::Blocks::default(),
+            timers: expiry::Timers::default(),
         }
     }
 

@@ -78,9 +78,11 @@ impl Chat {
                 if reply_to > 0 {
                     self.target(conv, m, reply_to)?;
                 }
-                Ok(stored(StoredKind::Message(
-                    self.check_content(c, content, reply_to)?,
-                )))
+                let mut msg = self.check_content(c, content, reply_to)?;
+                if c.disappear_secs > 0 {
+                    msg.expires_at_ms = now_ms.saturating_add(c.disappear_secs * 1000);
+                }
+                Ok(stored(StoredKind::Message(msg)))
             }
             Kind::Reaction(r) => {
                 if r.emoji.is_empty() || r.emoji.len() > MAX_EMOJI {
@@ -141,12 +143,7 @@ impl Chat {
                             "messages are deleted for everyone within {window} s of sending"
                         )));
                     }
-                    let broker = self.broker()?;
-                    for (name, edit) in broker.logs().cursors(&reaction_log(conv, del.seq))? {
-                        if name.starts_with("\0e") && edit > 0 {
-                            erase.push(edit);
-                        }
-                    }
+                    erase = self.edits_of(conv, del.seq)?;
                     erase.push(del.seq);
                 }
                 Ok(Checked {
@@ -203,6 +200,7 @@ impl Chat {
             reply_to,
             mentions,
             attachment,
+            expires_at_ms: 0,
         })
     }
 
@@ -291,12 +289,29 @@ impl Chat {
             StoredKind::Edit { target, .. } => {
                 logs.set_cursor(&reaction_log(conv, *target), &format!("\0e{seq}"), seq);
             }
+            StoredKind::Message(m) if m.expires_at_ms > 0 => {
+                if let Err(e) = self.add_timer(conv, seq, m.expires_at_ms) {
+                    tracing::error!(conversation = conv, seq, "chat: no expiry recorded: {e}");
+                }
+            }
             _ => {}
         }
         let log = conversation_log(conv);
         for seq in erase {
             logs.erase(&log, *seq);
         }
+    }
+
+    /// The edits of message `seq` of `conv` (their seqs).
+    pub(crate) fn edits_of(&self, conv: &str, seq: u64) -> Result<Vec<u64>, ChatError> {
+        let broker = self.broker()?;
+        Ok(broker
+            .logs()
+            .cursors(&reaction_log(conv, seq))?
+            .into_iter()
+            .filter(|(name, edit)| name.starts_with("\0e") && *edit > 0)
+            .map(|(_, edit)| edit)
+            .collect())
     }
 
     /// The reactions on entry `seq` of `conv`, by emoji.
@@ -339,6 +354,7 @@ impl Chat {
         let e = records::decode::<StoredEntry>(&r.data)?;
         let own = viewer == Some(e.sender.as_str());
         let mut mentions_me = false;
+        let mut expires_at_ms = 0;
         let kind = match e.kind {
             StoredKind::Content { ty, body } => Some(proto::entry::Kind::Content(
                 content_to_proto(StoredMessage {
@@ -349,6 +365,7 @@ impl Chat {
             )),
             StoredKind::Message(m) => {
                 mentions_me = viewer.is_some_and(|v| m.mentions.iter().any(|x| x == v));
+                expires_at_ms = m.expires_at_ms;
                 Some(proto::entry::Kind::Content(content_to_proto(m)))
             }
             StoredKind::Edit { target, message } => {
@@ -401,6 +418,9 @@ impl Chat {
                 name,
             })),
             StoredKind::Group(g) => Some(crate::groups::change_to_proto(g)),
+            StoredKind::Disappearing { ttl_secs } => {
+                Some(proto::entry::Kind::Disappearing(ttl_secs))
+            }
         };
         let sender_blocked = viewer.is_some_and(|v| self.blocks.has(v, &e.sender));
         Some(proto::Entry {
@@ -413,6 +433,7 @@ impl Chat {
             time_ms: r.time_ms,
             kind,
             mentions_me,
+            expires_at_ms,
             reactions: Vec::new(),
         })
     }

@@ -24,6 +24,18 @@ pub(crate) fn inbox_log(user: &str) -> String {
 /// The directory log.
 pub(crate) const DIRECTORY: &str = "dir";
 
+/// The log of pending expiries of disappearing messages (one record per
+/// message, erased when it fires).
+pub(crate) const TIMERS: &str = "timers";
+
+/// A pending expiry: entry `seq` of `conversation` goes at `due_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Timer {
+    pub due_ms: u64,
+    pub conversation: String,
+    pub seq: u64,
+}
+
 /// Cursor of a conversation log: how far its entries are fanned out.
 pub(crate) const FANOUT: &str = "fanout";
 
@@ -70,6 +82,10 @@ pub(crate) enum StoredKind {
         target: u64,
         for_everyone: bool,
     },
+    /// Messages sent from here on disappear after `ttl_secs` (0: off).
+    Disappearing {
+        ttl_secs: u64,
+    },
 }
 
 /// A message's content: `ty` and `body` opaque, the rest checked.
@@ -82,6 +98,8 @@ pub(crate) struct StoredMessage {
     /// Members mentioned, sorted.
     pub mentions: Vec<String>,
     pub attachment: Option<Box<StoredAttachment>>,
+    /// When it disappears (Unix ms; 0: never).
+    pub expires_at_ms: u64,
 }
 
 /// A file sent by reference.

@@ -178,7 +178,7 @@ impl Chat {
                 "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID} bytes"
             )));
         }
-        let now_ms = courier::message::unix_now() * 1000;
+        let now_ms = courier::message::unix_now_ms();
         let mut d = self.dir.lock();
         let conv = if !s.conversation.is_empty() {
             s.conversation.clone()
@@ -388,6 +388,7 @@ impl Chat {
             Op::SetReadReceipts(r) => self.set_read_receipts(user, r.enabled),
             Op::Block(b) => self.block(user, b),
             Op::ListBlocked(_) => Ok(self.list_blocked(user)),
+            Op::SetDisappearing(s) => self.set_disappearing(user, device, s),
             Op::History(h) => {
                 let d = self.dir.lock();
                 let (c, m) = Chat::member_of(&d, &h.conversation, user)?;
@@ -687,6 +688,7 @@ impl Chat {
                 .filter(|(_, m)| m.role == Role::Admin)
                 .map(|(u, _)| u.clone())
                 .collect(),
+            disappearing_secs: c.disappear_secs,
             muted_until: d
                 .users
                 .get(user)
