@@ -252,6 +252,13 @@ impl Chat {
         if target.role == role {
             return self.info_done(&d, &s.conversation, user, Vec::new());
         }
+        // A group always has its owner: the owner's role changes only by
+        // handing ownership on.
+        if target.role == Role::Owner {
+            return Err(ChatError::NotAllowed(
+                "the owner hands ownership on instead".into(),
+            ));
+        }
         match role {
             Role::Owner if m.role != Role::Owner => {
                 return Err(ChatError::NotAllowed(
@@ -259,11 +266,6 @@ impl Chat {
                 ))
             }
             Role::Admin => admin(&m, "make admins")?,
-            _ if target.role == Role::Owner => {
-                return Err(ChatError::NotAllowed(
-                    "the owner hands ownership on instead".into(),
-                ))
-            }
             // Demoting an admin: the owner, or the admin itself.
             Role::Member if m.role != Role::Owner && s.user != user => {
                 return Err(ChatError::NotAllowed(

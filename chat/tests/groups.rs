@@ -218,6 +218,11 @@ async fn roles_are_enforced_and_ownership_passes_when_the_owner_leaves() {
         (c.owner.as_str(), c.role),
         ("carol", proto::Role::Admin as i32)
     );
+    // The owner cannot be demoted, by an admin or anyone.
+    assert_eq!(
+        refused(&mut bob, set_role(&g, "carol", proto::Role::Admin)).await,
+        proto::ErrorCode::NotAllowed
+    );
     assert_eq!(
         refused(&mut bob, remove(&g, "carol")).await,
         proto::ErrorCode::NotAllowed
