@@ -36,6 +36,14 @@ pub struct ChatConfig {
     pub delete_window_secs: u64,
     /// Largest attachment a message may refer to, bytes.
     pub max_attachment_bytes: u64,
+    /// How long a user whose last device left still shows online,
+    /// milliseconds.
+    pub presence_grace_ms: u64,
+    /// At most one presence update per user per this long, milliseconds.
+    pub presence_interval_ms: u64,
+    /// At most one typing indicator per device and conversation per this
+    /// long, milliseconds.
+    pub typing_interval_ms: u64,
     /// Access tokens.
     pub tokens: TokenConfig,
 }
@@ -55,6 +63,9 @@ impl Default for ChatConfig {
             trim_interval_secs: 60,
             delete_window_secs: 2 * 24 * 3600,
             max_attachment_bytes: 100 << 20,
+            presence_grace_ms: 5000,
+            presence_interval_ms: 5000,
+            typing_interval_ms: 1000,
             tokens: TokenConfig::default(),
         }
     }

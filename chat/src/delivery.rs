@@ -39,6 +39,8 @@ pub(crate) enum Event {
         user: String,
         device: String,
     },
+    /// Someone types (user stamped).
+    Typing(proto::Typing),
     /// Disappearing messages of a conversation were erased.
     Expired {
         conversation: String,
@@ -140,6 +142,9 @@ impl Deliveries {
         let id = u.client.client_id.clone();
         let (user, device) = (user.to_owned(), device.to_owned());
         if u.online {
+            if !self.pumps.contains_key(&id) {
+                self.chat.presence.device_online(&user);
+            }
             // Also after a quick reconnect the feed coalesced: what the old
             // connection had outstanding is sent again.
             let cursor = match self.pumps.get(&id) {
@@ -165,6 +170,9 @@ impl Deliveries {
             );
             self.refill(&id);
         } else if let Some(mut p) = self.pumps.remove(&id) {
+            let grace = self.chat.config.presence_grace_ms;
+            let now = courier::message::unix_now_ms();
+            self.chat.presence.device_offline(&p.user, &id, now, grace);
             if let Ok(b) = self.chat.broker() {
                 Self::save(&b, &mut p);
             }
@@ -215,6 +223,7 @@ impl Deliveries {
                 outcome,
             } => self.report(client_id, inbox_seq, conversation, seq, outcome),
             Event::Expired { conversation, seqs } => self.expired(conversation, seqs),
+            Event::Typing(t) => self.typing(t),
         }
     }
 
@@ -261,6 +270,62 @@ impl Deliveries {
             None => p.taken,
         };
         p.cursor = p.cursor.max(upto);
+    }
+
+    /// Sends the presence changes that are due, at QoS 0.
+    fn presence(&mut self, broker: &courier::Broker) {
+        let now = courier::message::unix_now_ms();
+        let interval = self.chat.config.presence_interval_ms;
+        let out = {
+            let d = self.chat.dir.lock();
+            self.chat.presence.tick(&self.chat, &d, now, interval)
+        };
+        for (id, presences) in out {
+            let Some(p) = self.pumps.get(&id) else {
+                continue;
+            };
+            let down = proto::Down {
+                kind: Some(proto::down::Kind::Presence(proto::Presences { presences })),
+            };
+            let mut msg = inbox_message(p, Bytes::from(down.encode_to_vec()));
+            msg.qos = 0;
+            if broker.deliver(&id, msg, false, None).is_ok() {
+                self.chat
+                    .metrics
+                    .inc(&self.chat.metrics.presence_updates, 1);
+            }
+        }
+    }
+
+    /// Shows `user` typing in `conversation` to the other members' online
+    /// devices (not to those who blocked it), at QoS 0.
+    fn typing(&mut self, t: proto::Typing) {
+        let Ok(broker) = self.chat.broker() else {
+            return;
+        };
+        let members: Vec<String> = {
+            let d = self.chat.dir.lock();
+            match d.conversations.get(&t.conversation) {
+                Some(c) => c.members.keys().cloned().collect(),
+                None => return,
+            }
+        };
+        let down = proto::Down {
+            kind: Some(proto::down::Kind::Typing(t.clone())),
+        };
+        let payload = Bytes::from(down.encode_to_vec());
+        for u in members {
+            if u == t.user || self.chat.blocks.has(&u, &t.user) {
+                continue;
+            }
+            for id in self.devices.get(&u).into_iter().flatten() {
+                if let Some(p) = self.pumps.get(id) {
+                    let mut msg = inbox_message(p, payload.clone());
+                    msg.qos = 0;
+                    let _ = broker.deliver(id, msg, false, None);
+                }
+            }
+        }
     }
 
     /// Tells the members' online devices that `seqs` of `conv` are gone
@@ -446,6 +511,7 @@ impl Deliveries {
         for p in self.pumps.values_mut() {
             Self::save(&broker, p);
         }
+        self.presence(&broker);
         if self.dirty.is_empty() {
             return;
         }

@@ -30,6 +30,8 @@ pub(crate) struct User {
     pub muted: HashMap<String, u64>,
     /// Its read watermarks are not shown to others, nor others' to it.
     pub read_receipts_off: bool,
+    /// Its last seen is shown to no one else.
+    pub hide_last_seen: bool,
 }
 
 /// A member of a conversation.
@@ -241,6 +243,9 @@ impl Directory {
                 } else {
                     u.muted.insert(conversation.clone(), *until);
                 }
+            }
+            DirRecord::HideLastSeen { user, hidden } => {
+                self.users.entry(user.clone()).or_default().hide_last_seen = *hidden;
             }
             DirRecord::ReadReceipts { user, enabled } => {
                 self.users

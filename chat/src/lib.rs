@@ -37,6 +37,7 @@ mod groups;
 pub mod identity;
 mod inbox;
 mod messages;
+mod presence;
 mod records;
 mod requests;
 mod retention;
@@ -69,6 +70,10 @@ pub struct Chat {
     blocks: controls::Blocks,
     /// Pending expiries of disappearing messages.
     timers: expiry::Timers,
+    /// Everyone's presence, and who watches whom.
+    presence: presence::Presence,
+    /// The typing indicators' rate limit.
+    typing: presence::TypingLimit,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -96,6 +101,12 @@ pub struct Metrics {
     pub delivery_acks: AtomicU64,
     /// Receipt messages sent to devices.
     pub receipts: AtomicU64,
+    /// Presence update messages sent to devices.
+    pub presence_updates: AtomicU64,
+    /// Typing indicators passed on.
+    pub typing: AtomicU64,
+    /// Typing indicators dropped by the rate limit.
+    pub typing_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -118,6 +129,9 @@ impl Metrics {
             ("deliveries", v(&self.deliveries)),
             ("delivery_acks", v(&self.delivery_acks)),
             ("receipts", v(&self.receipts)),
+            ("presence_updates", v(&self.presence_updates)),
+            ("typing", v(&self.typing)),
+            ("typing_dropped", v(&self.typing_dropped)),
         ]
     }
 }
@@ -192,6 +206,8 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         failures: Mutex::default(),
         blocks: controls::Blocks::default(),
         timers: expiry::Timers::default(),
+        presence: presence::Presence::default(),
+        typing: presence::TypingLimit::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -228,6 +244,8 @@ impl Chat {
             failures: Mutex::default(),
             blocks: controls::Blocks::default(),
             timers: expiry::Timers::default(),
+            presence: presence::Presence::default(),
+            typing: presence::TypingLimit::default(),
         }
     }
 

@@ -227,6 +227,8 @@ pub(crate) enum DirRecord {
     },
     /// `user` turned its read receipts on or off.
     ReadReceipts { user: String, enabled: bool },
+    /// `user` hid (or showed again) its last seen.
+    HideLastSeen { user: String, hidden: bool },
     /// `user` blocked (or unblocked) `other`.
     Blocked {
         user: String,

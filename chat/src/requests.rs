@@ -52,6 +52,19 @@ impl Namespace for Handler {
         let topic = p.message.topic.as_str();
         let admin = is_admin(&p.client);
         let device = device_of(&p.client).map(|(u, d)| (u.to_owned(), d.to_owned()));
+        if let (Some((u, d)), topics::TYPING) = (&device, topic) {
+            // Ephemeral: answered at once, nothing to make durable.
+            let r = if scope_of(&p.client) == Scope::Device {
+                chat.typing(u, d, &p.message.payload)
+            } else {
+                Err(ChatError::NotAllowed("only a device types".into()))
+            };
+            match r {
+                Ok(()) => p.ack.accept(),
+                Err(e) => p.ack.answer(e.reply()),
+            }
+            return;
+        }
         let outcome = match (&device, admin, topic) {
             (None, true, topics::ADMIN) => chat.admin(&p.message.payload),
             (Some((u, d)), _, topics::SEND) if scope_of(&p.client) == Scope::Device => {
@@ -389,6 +402,8 @@ impl Chat {
             Op::Block(b) => self.block(user, b),
             Op::ListBlocked(_) => Ok(self.list_blocked(user)),
             Op::SetDisappearing(s) => self.set_disappearing(user, device, s),
+            Op::WatchPresence(w) => self.watch_presence(user, device, w.users),
+            Op::HideLastSeen(h) => self.hide_last_seen(user, h.hidden),
             Op::History(h) => {
                 let d = self.dir.lock();
                 let (c, m) = Chat::member_of(&d, &h.conversation, user)?;

@@ -7,6 +7,8 @@ pub const PREFIX: &str = "c";
 pub const SEND: &str = "c/s";
 /// Where devices publish `Request`.
 pub const REQUEST: &str = "c/r";
+/// Where devices publish `Typing` (QoS 0).
+pub const TYPING: &str = "c/t";
 /// Where `courier admin` publishes `AdminRequest`.
 pub const ADMIN: &str = "c/admin";
 /// The user an administrator's connection is (not a valid user id).

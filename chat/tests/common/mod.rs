@@ -344,6 +344,12 @@ impl Phone {
         }
     }
 
+    /// Publishes at QoS 0 (nothing comes back).
+    pub async fn publish_qos0(&mut self, topic: &str, payload: Vec<u8>) {
+        let p = Publish::new(topic, QoS::AtMostOnce, payload, None);
+        self.send(Packet::Publish(p)).await;
+    }
+
     /// Publishes at QoS 1 and waits for its PUBACK.
     pub async fn publish(
         &mut self,
