@@ -218,6 +218,15 @@ impl Logs {
         })
     }
 
+    /// The sequence number of the record appended with `id` (committed or
+    /// not), if there is one.
+    pub fn seq_of(&self, log: &str, id: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(&s) = self.heads.lock().get(log).and_then(|h| h.recent.get(id)) {
+            return Ok(Some(s));
+        }
+        self.store.log_seq_of(log, id)
+    }
+
     /// The last sequence number appended to `log` (0 if none).
     pub fn last(&self, log: &str) -> Result<u64, StoreError> {
         if let Some(h) = self.heads.lock().get(log) {

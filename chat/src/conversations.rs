@@ -38,6 +38,22 @@ impl Chat {
         id: Option<String>,
         recipients: &[String],
     ) -> Result<(u64, bool), ChatError> {
+        self.append_entry_erasing(d, conv, entry, id, recipients, &[])
+    }
+
+    /// [`Chat::append_entry`], with the entry's effects (an index, a timer,
+    /// `erase`: the entries a delete for everyone erases) journaled before
+    /// the fan-out cursor moves past it: a crash that keeps the entry but
+    /// not its effects leaves the cursor below it, and recovery does them.
+    pub(crate) fn append_entry_erasing(
+        &self,
+        d: &mut Directory,
+        conv: &str,
+        entry: &StoredEntry,
+        id: Option<String>,
+        recipients: &[String],
+        erase: &[u64],
+    ) -> Result<(u64, bool), ChatError> {
         let c = d
             .conversations
             .get_mut(conv)
@@ -59,6 +75,8 @@ impl Chat {
         c.last_seq = seq;
         c.last_ms = courier::message::unix_now() * 1000;
         self.fan_out(conv, seq, entry, recipients)?;
+        self.effects(conv, seq, entry, erase);
+        logs.set_cursor(&conversation_log(conv), FANOUT, seq);
         Ok((seq, false))
     }
 
@@ -86,7 +104,6 @@ impl Chat {
                 None,
             )?;
         }
-        logs.set_cursor(&conversation_log(conv), FANOUT, seq);
         self.metrics
             .inc(&self.metrics.inbox_refs, recipients.len() as u64);
         Ok(())
@@ -282,7 +299,11 @@ impl Chat {
                 missing.push(u);
             }
         }
-        self.fan_out(conv, r.seq, &entry, &missing)
+        self.fan_out(conv, r.seq, &entry, &missing)?;
+        // Its effects may not have landed either; they are idempotent.
+        let erase = self.erase_list(conv, &entry.kind)?;
+        self.effects(conv, r.seq, &entry, &erase);
+        Ok(())
     }
 
     /// Summary facts of a conversation for a user, from memory.

@@ -92,6 +92,13 @@ impl Chat {
         }
         let mut d = self.dir.lock();
         let (c, _) = Chat::member_of(&d, &s.conversation, user)?;
+        if c.kind == crate::records::ConvKind::Direct
+            && c.members
+                .keys()
+                .any(|o| o != user && self.blocks.either(user, o))
+        {
+            return Err(ChatError::Blocked);
+        }
         if c.disappear_secs == s.ttl_secs {
             return self.info_done(&d, &s.conversation, user, Vec::new());
         }
@@ -134,10 +141,40 @@ impl Chat {
         if due.is_empty() {
             return Ok(0);
         }
+        match self.erase_due(&due).await {
+            Ok(gone) => {
+                for (conversation, seqs) in gone {
+                    let _ = self
+                        .events
+                        .send(delivery::Event::Expired { conversation, seqs });
+                }
+                Ok(due.len())
+            }
+            Err(e) => {
+                // Not erased for sure: they stay due, for the next pass.
+                for (due_ms, conversation, seq, record) in due {
+                    let t = Timer {
+                        due_ms,
+                        conversation,
+                        seq,
+                    };
+                    self.timers.add(t, record);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Erases the `due` messages, their edits and their timer records, and
+    /// waits until that is durable; what went, by conversation.
+    async fn erase_due(
+        &self,
+        due: &[(u64, String, u64, u64)],
+    ) -> Result<std::collections::BTreeMap<String, Vec<u64>>, ChatError> {
         let broker = self.broker()?;
         let logs = broker.logs();
         let mut gone: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-        for (_, conv, seq, record) in &due {
+        for (_, conv, seq, record) in due {
             let log = conversation_log(conv);
             for edit in self.edits_of(conv, *seq)? {
                 logs.erase(&log, edit);
@@ -146,24 +183,11 @@ impl Chat {
             logs.erase(TIMERS, *record);
             gone.entry(conv.clone()).or_default().push(*seq);
         }
-        if let Err(e) = broker.durable().await {
-            // Not erased for sure: they stay due, for the next pass.
-            for (due_ms, conversation, seq, record) in due {
-                let t = Timer {
-                    due_ms,
-                    conversation,
-                    seq,
-                };
-                self.timers.add(t, record);
-            }
-            return Err(ChatError::Unavailable(e.to_string()));
-        }
-        for (conversation, seqs) in gone {
-            let _ = self
-                .events
-                .send(delivery::Event::Expired { conversation, seqs });
-        }
-        Ok(due.len())
+        broker
+            .durable()
+            .await
+            .map_err(|e| ChatError::Unavailable(e.to_string()))?;
+        Ok(gone)
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Chat {
     presence: presence::Presence,
     /// The typing indicators' rate limit.
     typing: presence::TypingLimit,
+    /// What was written about messages lately, committed or not.
+    recent: messages::Recent,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -208,6 +210,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         timers: expiry::Timers::default(),
         presence: presence::Presence::default(),
         typing: presence::TypingLimit::default(),
+        recent: messages::Recent::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -246,6 +249,7 @@ impl Chat {
             timers: expiry::Timers::default(),
             presence: presence::Presence::default(),
             typing: presence::TypingLimit::default(),
+            recent: messages::Recent::default(),
         }
     }
 

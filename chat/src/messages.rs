@@ -9,9 +9,10 @@
 //! is one range read; an edit is one named `\0e<seq>`, so a delete for
 //! everyone finds the edits to erase with the message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use courier::store::LogRecord;
+use parking_lot::Mutex;
 
 use crate::directory::{Conversation, Member};
 use crate::error::ChatError;
@@ -29,6 +30,62 @@ const MAX_MENTIONS: usize = 50;
 /// The log whose cursors index the reactions on entry `seq` of `conv`.
 fn reaction_log(conv: &str, seq: u64) -> String {
     format!("x/{conv}/{seq}")
+}
+
+/// What was written about messages lately, committed or not: the store's
+/// reads see only committed records and cursors, and a send may refer to
+/// one that is not yet (a reply to, a reaction on, an edit or a delete of a
+/// message still in the commit window). Updated under the directory lock
+/// with each entry's effects; bounded (the oldest go first, long committed
+/// by then).
+#[derive(Default)]
+pub(crate) struct Recent(Mutex<RecentState>);
+
+#[derive(Default)]
+struct RecentState {
+    facts: HashMap<(String, u64), Facts>,
+    order: VecDeque<(String, u64)>,
+}
+
+/// What is known lately of one message.
+#[derive(Default)]
+struct Facts {
+    /// A message: its sender and when it was stored (Unix ms).
+    message: Option<(String, u64)>,
+    edits: Vec<u64>,
+    /// `<emoji>\0<user>` -> the reaction entry's seq (0: taken back).
+    reactions: HashMap<String, u64>,
+    erased: bool,
+}
+
+/// Messages whose recent facts are kept.
+const RECENT: usize = 65_536;
+
+impl Recent {
+    fn with(&self, conv: &str, seq: u64, f: impl FnOnce(&mut Facts)) {
+        let mut st = self.0.lock();
+        let key = (conv.to_owned(), seq);
+        if !st.facts.contains_key(&key) {
+            if st.order.len() >= RECENT {
+                if let Some(old) = st.order.pop_front() {
+                    st.facts.remove(&old);
+                }
+            }
+            st.order.push_back(key.clone());
+        }
+        f(st.facts.entry(key).or_default());
+    }
+
+    fn read<T>(&self, conv: &str, seq: u64, f: impl FnOnce(&Facts) -> T) -> Option<T> {
+        let st = self.0.lock();
+        st.facts.get(&(conv.to_owned(), seq)).map(f)
+    }
+}
+
+/// The message a send refers to.
+struct Target {
+    sender: String,
+    time_ms: u64,
 }
 
 /// A send, checked: the entry to append and what it does besides.
@@ -85,20 +142,30 @@ impl Chat {
                 Ok(stored(StoredKind::Message(msg)))
             }
             Kind::Reaction(r) => {
-                if r.emoji.is_empty() || r.emoji.len() > MAX_EMOJI {
+                if r.emoji.is_empty()
+                    || r.emoji.len() > MAX_EMOJI
+                    || r.emoji.chars().any(char::is_control)
+                {
                     return Err(ChatError::BadRequest(format!(
-                        "an emoji has 1 to {MAX_EMOJI} bytes"
+                        "an emoji has 1 to {MAX_EMOJI} bytes, no control characters"
                     )));
                 }
                 self.target(conv, m, r.seq)?;
-                let broker = self.broker()?;
                 let mine = format!("{}\0{user}", r.emoji);
-                let now = broker
-                    .logs()
-                    .cursors(&reaction_log(conv, r.seq))?
-                    .into_iter()
-                    .find(|(k, _)| *k == mine)
-                    .map_or(0, |(_, v)| v);
+                let recent = self
+                    .recent
+                    .read(conv, r.seq, |f| f.reactions.get(&mine).copied())
+                    .flatten();
+                let now = match recent {
+                    Some(v) => v,
+                    None => self
+                        .broker()?
+                        .logs()
+                        .cursors(&reaction_log(conv, r.seq))?
+                        .into_iter()
+                        .find(|(k, _)| *k == mine)
+                        .map_or(0, |(_, v)| v),
+                };
                 if (now > 0) != r.remove {
                     return Ok(Checked {
                         already: Some(now),
@@ -115,8 +182,8 @@ impl Chat {
                 let content = e
                     .content
                     .ok_or_else(|| ChatError::BadRequest("an edit without content".into()))?;
-                let (entry, _) = self.target(conv, m, e.seq)?;
-                if entry.sender != user {
+                let t = self.target(conv, m, e.seq)?;
+                if t.sender != user {
                     return Err(ChatError::NotAllowed(
                         "only the sender edits a message".into(),
                     ));
@@ -128,17 +195,17 @@ impl Chat {
                 }))
             }
             Kind::Delete(del) => {
-                let (entry, sent_ms) = self.target(conv, m, del.seq)?;
+                let t = self.target(conv, m, del.seq)?;
                 let mut erase = Vec::new();
                 if del.for_everyone {
                     let admin = m.role >= Role::Admin;
-                    if entry.sender != user && !admin {
+                    if t.sender != user && !admin {
                         return Err(ChatError::NotAllowed(
                             "only the sender or an admin deletes a message for everyone".into(),
                         ));
                     }
                     let window = self.config.delete_window_secs;
-                    if !within_window(sent_ms, now_ms, window) {
+                    if !within_window(t.time_ms, now_ms, window) {
                         return Err(ChatError::NotAllowed(format!(
                             "messages are deleted for everyone within {window} s of sending"
                         )));
@@ -241,10 +308,18 @@ impl Chat {
     }
 
     /// The message entry `seq` of `conv` that a send refers to, visible to
-    /// a member `m`: the entry and when it was stored (Unix ms).
-    fn target(&self, conv: &str, m: Member, seq: u64) -> Result<(StoredEntry, u64), ChatError> {
+    /// a member `m` (recent writes first, then the store).
+    fn target(&self, conv: &str, m: Member, seq: u64) -> Result<Target, ChatError> {
         if seq < m.since {
             return Err(ChatError::UnknownMessage);
+        }
+        let recent = self
+            .recent
+            .read(conv, seq, |f| (f.erased, f.message.clone()));
+        match recent {
+            Some((true, _)) => return Err(ChatError::UnknownMessage),
+            Some((false, Some((sender, time_ms)))) => return Ok(Target { sender, time_ms }),
+            _ => {}
         }
         let broker = self.broker()?;
         let r = broker
@@ -255,63 +330,91 @@ impl Chat {
             .ok_or(ChatError::UnknownMessage)?;
         let e = records::decode::<StoredEntry>(&r.data).ok_or(ChatError::UnknownMessage)?;
         match e.kind {
-            StoredKind::Content { .. } | StoredKind::Message(_) => Ok((e, r.time_ms)),
+            StoredKind::Content { .. } | StoredKind::Message(_) => Ok(Target {
+                sender: e.sender,
+                time_ms: r.time_ms,
+            }),
             _ => Err(ChatError::UnknownMessage),
         }
     }
 
-    /// What an accepted send does besides its entry, in the same commit:
-    /// a reaction or an edit goes into the message's index; a delete for
-    /// everyone erases the message and its edits.
-    pub(crate) fn after_append(
-        &self,
-        conv: &str,
-        user: &str,
-        seq: u64,
-        kind: &StoredKind,
-        erase: &[u64],
-    ) {
+    /// What an entry does besides being stored, journaled with it (and
+    /// done again by recovery if a crash cut it off; all idempotent): a
+    /// message's facts and expiry, a reaction or an edit in the message's
+    /// index, and the entries a delete for everyone erases.
+    pub(crate) fn effects(&self, conv: &str, seq: u64, entry: &StoredEntry, erase: &[u64]) {
         let Ok(broker) = self.broker() else { return };
         let logs = broker.logs();
-        match kind {
+        let now = courier::message::unix_now_ms();
+        match &entry.kind {
+            StoredKind::Message(m) => {
+                let sender = entry.sender.clone();
+                self.recent
+                    .with(conv, seq, |f| f.message = Some((sender, now)));
+                if m.expires_at_ms > 0 {
+                    if let Err(e) = self.add_timer(conv, seq, m.expires_at_ms) {
+                        tracing::error!(conversation = conv, seq, "chat: no expiry recorded: {e}");
+                    }
+                }
+            }
             StoredKind::Reaction {
                 target,
                 emoji,
                 remove,
             } => {
+                let key = format!("{emoji}\0{}", entry.sender);
                 let value = if *remove { 0 } else { seq };
-                logs.set_cursor(
-                    &reaction_log(conv, *target),
-                    &format!("{emoji}\0{user}"),
-                    value,
-                );
+                logs.set_cursor(&reaction_log(conv, *target), &key, value);
+                self.recent.with(conv, *target, |f| {
+                    f.reactions.insert(key, value);
+                });
             }
             StoredKind::Edit { target, .. } => {
                 logs.set_cursor(&reaction_log(conv, *target), &format!("\0e{seq}"), seq);
-            }
-            StoredKind::Message(m) if m.expires_at_ms > 0 => {
-                if let Err(e) = self.add_timer(conv, seq, m.expires_at_ms) {
-                    tracing::error!(conversation = conv, seq, "chat: no expiry recorded: {e}");
-                }
+                self.recent.with(conv, *target, |f| f.edits.push(seq));
             }
             _ => {}
         }
         let log = conversation_log(conv);
-        for seq in erase {
-            logs.erase(&log, *seq);
+        for s in erase {
+            logs.erase(&log, *s);
+            self.recent.with(conv, *s, |f| f.erased = true);
         }
     }
 
-    /// The edits of message `seq` of `conv` (their seqs).
+    /// What a stored delete for everyone erases: the message and its edits
+    /// (for recovery, which does its effects again).
+    pub(crate) fn erase_list(&self, conv: &str, kind: &StoredKind) -> Result<Vec<u64>, ChatError> {
+        match kind {
+            StoredKind::Delete {
+                target,
+                for_everyone: true,
+            } => {
+                let mut v = self.edits_of(conv, *target)?;
+                v.push(*target);
+                Ok(v)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The edits of message `seq` of `conv` (their seqs), committed or
+    /// recent.
     pub(crate) fn edits_of(&self, conv: &str, seq: u64) -> Result<Vec<u64>, ChatError> {
         let broker = self.broker()?;
-        Ok(broker
+        let mut v: Vec<u64> = broker
             .logs()
             .cursors(&reaction_log(conv, seq))?
             .into_iter()
             .filter(|(name, edit)| name.starts_with("\0e") && *edit > 0)
             .map(|(_, edit)| edit)
-            .collect())
+            .collect();
+        if let Some(recent) = self.recent.read(conv, seq, |f| f.edits.clone()) {
+            v.extend(recent);
+        }
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
     }
 
     /// The reactions on entry `seq` of `conv`, by emoji.

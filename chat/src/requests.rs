@@ -231,7 +231,32 @@ impl Chat {
             ));
         };
         let (c, m) = Chat::member_of(&d, &conv, user)?;
+        // Scoped to the device: another device's id never collides.
+        let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
+        // A resend is answered before any check: what was accepted once
+        // stays accepted (a delete whose target is gone since, a window
+        // closed, a block).
+        if let Some(seq) = self
+            .broker()?
+            .logs()
+            .seq_of(&conversation_log(&conv), &id)?
+        {
+            drop(d);
+            self.metrics.inc(&self.metrics.send_repeats, 1);
+            let mut reply = Reply::success().with_property("seq", seq.to_string());
+            if s.conversation.is_empty() {
+                reply = reply.with_property("c", conv);
+            }
+            return Ok(Done {
+                reply,
+                response: None,
+                woken: Vec::new(),
+            });
+        }
+        // Blocked: nothing new in a direct conversation, but a user may
+        // still delete its own messages there.
         if c.kind == ConvKind::Direct
+            && !matches!(kind, proto::send_message::Kind::Delete(_))
             && c.members
                 .keys()
                 .any(|o| o != user && self.blocks.either(user, o))
@@ -263,12 +288,8 @@ impl Chat {
             client_msg_id: s.client_msg_id.clone(),
             kind,
         };
-        // Scoped to the device: another device's id never collides.
-        let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
-        let (seq, repeat) = self.append_entry(&mut d, &conv, &entry, Some(id), &recipients)?;
-        if !repeat {
-            self.after_append(&conv, user, seq, &entry.kind, &erase);
-        }
+        let (seq, repeat) =
+            self.append_entry_erasing(&mut d, &conv, &entry, Some(id), &recipients, &erase)?;
         drop(d);
         if repeat {
             self.metrics.inc(&self.metrics.send_repeats, 1);
@@ -421,8 +442,11 @@ impl Chat {
                     v.retain(|r| r.seq >= m.since);
                     v
                 } else {
-                    let mut v =
-                        logs.read(&log, h.after.max(m.since.saturating_sub(1)) + 1, limit)?;
+                    let mut v = logs.read(
+                        &log,
+                        h.after.max(m.since.saturating_sub(1)).saturating_add(1),
+                        limit,
+                    )?;
                     v.retain(|r| r.seq <= last);
                     v
                 };
@@ -445,6 +469,7 @@ impl Chat {
                 let mut d = self.dir.lock();
                 let (c, _) = Chat::member_of(&d, &mr.conversation, user)?;
                 let upto = mr.seq.min(c.last_seq);
+                let receipts_off = d.users.get(user).is_some_and(|u| u.read_receipts_off);
                 let c = d
                     .conversations
                     .get_mut(&mr.conversation)
@@ -452,7 +477,11 @@ impl Chat {
                 if let Some(m) = c.members.get_mut(user) {
                     if upto > m.read {
                         m.read = upto;
-                        m.delivered = m.delivered.max(upto);
+                        // Read implies delivered, unless that would show
+                        // others (by delivered moving) when it reads.
+                        if !receipts_off {
+                            m.delivered = m.delivered.max(upto);
+                        }
                         drop(d);
                         let _ = self.events.send(delivery::Event::Watermark {
                             conversation: mr.conversation,

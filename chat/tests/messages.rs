@@ -354,3 +354,103 @@ async fn delete_for_everyone_erases_the_message_everywhere_and_delete_for_me_sta
     check(&alice.history(&conv).await, "alice");
     s.stop().await;
 }
+
+/// Publishes `sends` back to back, before any is acknowledged (so they
+/// share a commit window), then collects their PUBACKs: each one's seq,
+/// or its error name.
+async fn burst(p: &mut Phone, sends: &[proto::SendMessage]) -> Vec<Result<u64, String>> {
+    let mut ids = Vec::new();
+    for m in sends {
+        ids.push(p.send_nowait(m).await);
+    }
+    let mut acks = std::collections::HashMap::new();
+    while acks.len() < ids.len() {
+        let a = p.next_ack().await.expect("a PUBACK");
+        acks.insert(a.pkid, a);
+    }
+    ids.iter()
+        .map(|id| {
+            let a = &acks[id];
+            acked_seq(a).ok_or_else(|| {
+                a.properties
+                    .as_ref()
+                    .and_then(|p| p.user_properties.iter().find(|(n, _)| n == "e"))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            })
+        })
+        .collect()
+}
+
+fn msg(conv: &str, id: &str, kind: Kind) -> proto::SendMessage {
+    proto::SendMessage {
+        conversation: conv.into(),
+        client_msg_id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn sends_in_one_commit_window_see_each_other_and_resends_stay_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::start(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let mut bob = Phone::connect(&s, "bob", "phone").await;
+    let (first, conv) = alice
+        .send_text(To::User("bob"), "0", "hello")
+        .await
+        .unwrap();
+    let conv = conv.unwrap();
+    // A message, a reply to it, a reaction on it, an edit of it and a
+    // delete for everyone, all before the first is on disk.
+    let mut reply = content("re");
+    reply.reply_to = first + 1;
+    let out = burst(
+        &mut alice,
+        &[
+            msg(&conv, "1", Kind::Content(content("typo"))),
+            msg(&conv, "2", Kind::Content(reply)),
+            msg(&conv, "3", react(first + 1, "👍", false)),
+            msg(&conv, "4", react(first + 1, "👍", true)),
+            msg(
+                &conv,
+                "5",
+                Kind::Edit(proto::Edit {
+                    seq: first + 1,
+                    content: Some(content("still a typo")),
+                }),
+            ),
+            msg(&conv, "6", delete(first + 1, true)),
+        ],
+    )
+    .await;
+    let seqs: Vec<u64> = out.iter().map(|r| *r.as_ref().unwrap()).collect();
+    assert_eq!(seqs, (first + 1..first + 7).collect::<Vec<_>>(), "{out:?}");
+    // The delete took the edit with it, although neither was on disk when
+    // the delete was checked; the reaction was taken back.
+    let h = bob.history(&conv).await;
+    let listed: Vec<u64> = h.iter().map(|e| e.seq).collect();
+    assert!(
+        !listed.contains(&(first + 1)) && !listed.contains(&(first + 5)),
+        "{listed:?}"
+    );
+    assert!(h
+        .iter()
+        .all(|e| body(e).is_none_or(|c| !c.body.ends_with(b"typo"))));
+    let r = alice.history(&conv).await;
+    assert!(r.iter().all(|e| e.reactions.is_empty()));
+
+    // A resend of the delete, whose target is gone now, gets its seq back.
+    let again = alice
+        .send_raw(msg(&conv, "6", delete(first + 1, true)).encode_to_vec())
+        .await
+        .unwrap();
+    assert_eq!(again.0, first + 6);
+    // An emoji may not smuggle a separator in.
+    let r = alice
+        .send_raw(msg(&conv, "7", react(first, "👍\0bob", false)).encode_to_vec())
+        .await;
+    assert_eq!(refused_with(r), "BAD_REQUEST");
+    s.stop().await;
+}
