@@ -29,7 +29,7 @@ flow=(--duration "$DURATION" --warmup "$WARMUP")
 for r in $(seq 1 "$ROUNDS"); do
   for b in "$@"; do
     rm -rf "$work"/*
-    printf 'data_dir = "%s/data"\n[chat.tokens]\nsecret_file = "%s/secret"\n' "$work" "$work" >"$work/courier.toml"
+    printf 'data_dir = "%s/data"\n[chat.rate_limits]\nenabled = false\n[chat.tokens]\nsecret_file = "%s/secret"\n' "$work" "$work" >"$work/courier.toml"
     "$b" -c "$work/courier.toml" --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
     pid=$!
     for _ in $(seq 1 100); do grep -q listening "$work/out" && break; sleep 0.1; done

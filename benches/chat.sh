@@ -30,7 +30,7 @@ bin=target/$BUILD
 work=$(mktemp -d)
 cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-printf 'data_dir = "%s/data"\n[chat.tokens]\nsecret_file = "%s/secret"\n' "$work" "$work" >"$work/courier.toml"
+printf 'data_dir = "%s/data"\n[chat.rate_limits]\nenabled = false\n[chat.tokens]\nsecret_file = "%s/secret"\n' "$work" "$work" >"$work/courier.toml"
 "$bin/courier" -c "$work/courier.toml" --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
 pid=$!
 for _ in $(seq 1 100); do grep -q listening "$work/out" && break; sleep 0.1; done

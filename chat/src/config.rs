@@ -44,6 +44,8 @@ pub struct ChatConfig {
     /// At most one typing indicator per device and conversation per this
     /// long, milliseconds.
     pub typing_interval_ms: u64,
+    /// Rate limits per device and per user.
+    pub rate_limits: crate::limits::RateLimitConfig,
     /// Access tokens.
     pub tokens: TokenConfig,
 }
@@ -66,6 +68,7 @@ impl Default for ChatConfig {
             presence_grace_ms: 5000,
             presence_interval_ms: 5000,
             typing_interval_ms: 1000,
+            rate_limits: crate::limits::RateLimitConfig::default(),
             tokens: TokenConfig::default(),
         }
     }
@@ -154,6 +157,7 @@ mod tests {
                 d.inbox_retention_secs
             )
         );
+        assert_eq!(c.rate_limits, d.rate_limits);
         assert_eq!(c.tokens.secret_file, d.tokens.secret_file);
         assert_eq!(c.tokens.mint_ttl_secs, d.tokens.mint_ttl_secs);
     }

@@ -43,6 +43,14 @@ pub enum ChatError {
     /// The invite link is unknown, revoked, expired or used up.
     #[error("invite link not valid: {0}")]
     InviteInvalid(String),
+    /// Over a rate limit: retry in `retry_ms`.
+    #[error("rate limit for {what}: retry in {retry_ms} ms")]
+    RateLimited {
+        /// The kind of action.
+        what: &'static str,
+        /// When one would be accepted again.
+        retry_ms: u64,
+    },
     /// The store failed; retrying later with the same id is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -59,7 +67,7 @@ impl ChatError {
             ChatError::UnknownUser(_) => C::UnknownUser,
             ChatError::TooLarge { .. } => C::TooLarge,
             ChatError::NotAllowed(_) => C::NotAllowed,
-            ChatError::LimitReached(_) => C::LimitReached,
+            ChatError::LimitReached(_) | ChatError::RateLimited { .. } => C::LimitReached,
             ChatError::Unavailable(_) => C::Unavailable,
             ChatError::InviteInvalid(_) => C::InviteInvalid,
             ChatError::UnknownMessage => C::UnknownMessage,
@@ -76,14 +84,22 @@ impl ChatError {
             | ChatError::NotAllowed(_)
             | ChatError::InviteInvalid(_)
             | ChatError::Blocked => AckCode::NotAuthorized,
-            ChatError::LimitReached(_) => AckCode::QuotaExceeded,
+            ChatError::LimitReached(_) | ChatError::RateLimited { .. } => AckCode::QuotaExceeded,
             ChatError::Unavailable(_) => AckCode::UnspecifiedError,
             ChatError::UnknownConversation
             | ChatError::UnknownMessage
             | ChatError::UnknownUser(_)
             | ChatError::TooLarge { .. } => AckCode::ImplementationSpecificError,
         };
-        Reply::refuse(ack, self.to_string()).with_property("e", self.code().as_str_name())
+        let reply =
+            Reply::refuse(ack, self.to_string()).with_property("e", self.code().as_str_name());
+        match self {
+            // When to try again, in milliseconds.
+            ChatError::RateLimited { retry_ms, .. } => {
+                reply.with_property("r", retry_ms.to_string())
+            }
+            _ => reply,
+        }
     }
 
     /// The error as a `Response` carries it.

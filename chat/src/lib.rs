@@ -36,6 +36,7 @@ mod expiry;
 mod groups;
 pub mod identity;
 mod inbox;
+mod limits;
 mod messages;
 mod presence;
 mod records;
@@ -46,6 +47,7 @@ pub mod topics;
 
 pub use config::{ChatConfig, KeyAlgorithm, KeyConfig, TokenConfig};
 pub use error::ChatError;
+pub use limits::{ActionLimit, Rate, RateLimitConfig};
 pub use retention::Trimmed;
 pub use token::{Claims, TokenError, Tokens};
 
@@ -76,6 +78,8 @@ pub struct Chat {
     typing: presence::TypingLimit,
     /// What was written about messages lately, committed or not.
     recent: messages::Recent,
+    /// Rate limits.
+    limits: limits::Limits,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -93,6 +97,8 @@ pub struct Metrics {
     pub send_repeats: AtomicU64,
     /// Sends and requests refused.
     pub refused: AtomicU64,
+    /// Sends, requests and typing refused by a rate limit.
+    pub rate_limited: AtomicU64,
     /// Requests answered.
     pub requests: AtomicU64,
     /// Inbox references written.
@@ -126,6 +132,7 @@ impl Metrics {
             ("sends", v(&self.sends)),
             ("send_repeats", v(&self.send_repeats)),
             ("refused", v(&self.refused)),
+            ("rate_limited", v(&self.rate_limited)),
             ("requests", v(&self.requests)),
             ("inbox_refs", v(&self.inbox_refs)),
             ("deliveries", v(&self.deliveries)),
@@ -198,6 +205,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         .map_err(courier::broker::BrokerError::from)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let enabled = chat.enabled;
+    let rate_limits = limits::Limits::new(&chat.rate_limits);
     let me = Arc::new(Chat {
         config: chat,
         tokens,
@@ -211,6 +219,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         presence: presence::Presence::default(),
         typing: presence::TypingLimit::default(),
         recent: messages::Recent::default(),
+        limits: rate_limits,
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -236,6 +245,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
 impl Chat {
     #[cfg(test)]
     pub(crate) fn for_tests(config: ChatConfig) -> Chat {
+        let rate_limits = limits::Limits::new(&config.rate_limits);
         let tokens = Tokens::new(&config.tokens, Some(b"test")).unwrap();
         Chat {
             config,
@@ -250,6 +260,7 @@ impl Chat {
             presence: presence::Presence::default(),
             typing: presence::TypingLimit::default(),
             recent: messages::Recent::default(),
+            limits: rate_limits,
         }
     }
 

@@ -272,6 +272,7 @@ impl Chat {
     /// members unless the device sent one for this conversation less than
     /// the typing interval ago (then dropped, and counted).
     pub(crate) fn typing(&self, user: &str, device: &str, payload: &[u8]) -> Result<(), ChatError> {
+        self.limited(crate::limits::Action::Typing, user, device)?;
         let t = proto::Typing::decode(payload)
             .map_err(|e| ChatError::BadRequest(format!("Typing: {e}")))?;
         Chat::member_of(&self.dir.lock(), &t.conversation, user)?;

@@ -16,6 +16,7 @@ use crate::directory::direct_id;
 use crate::error::ChatError;
 use crate::groups::role_to_proto;
 use crate::identity::{device_of, is_admin, scope_of, Scope};
+use crate::limits::Action;
 use crate::proto::{self, request::Op};
 use crate::records::{self, conversation_log, ConvKind, Role, StoredEntry};
 use crate::{delivery, inbox, topics, Chat};
@@ -181,6 +182,7 @@ impl Done {
 
 impl Chat {
     fn send(&self, user: &str, device: &str, payload: &[u8]) -> Result<Done, ChatError> {
+        self.limited(Action::Send, user, device)?;
         let s = proto::SendMessage::decode(payload)
             .map_err(|e| ChatError::BadRequest(format!("SendMessage: {e}")))?;
         let kind = s
@@ -319,6 +321,13 @@ impl Chat {
         let op =
             r.op.ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
         self.metrics.inc(&self.metrics.requests, 1);
+        let action = match &op {
+            Op::CreateGroup(_) => Action::CreateGroup,
+            Op::CreateInvite(_) | Op::JoinGroup(_) => Action::Invite,
+            Op::WatchPresence(_) => Action::Presence,
+            _ => Action::Request,
+        };
+        self.limited(action, user, device)?;
         use proto::response::Result as R;
         if scope == Scope::Refresh && !matches!(op, Op::RefreshAccessToken(_)) {
             return Err(ChatError::NotAllowed(
@@ -786,6 +795,13 @@ impl Chat {
 }
 
 impl Chat {
+    /// Counts an action against its rate limits, or refuses it (counted).
+    pub(crate) fn limited(&self, a: Action, user: &str, device: &str) -> Result<(), ChatError> {
+        self.limits.check(a, user, device).inspect_err(|_| {
+            self.metrics.inc(&self.metrics.rate_limited, 1);
+        })
+    }
+
     /// Up to `limit` inbox entries of `user`'s `device` after its saved
     /// cursor, which stays where it is: what a peek connection is shown.
     fn fetch(&self, user: &str, device: &str, limit: usize) -> Result<proto::Fetched, ChatError> {

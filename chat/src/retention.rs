@@ -37,6 +37,8 @@ impl Chat {
                 d.conversations.keys().cloned().collect(),
             )
         };
+        // Rate-limit state of devices that have been quiet goes.
+        self.limits.shrink();
         let mut t = Trimmed::default();
         let c = &self.config;
         if c.inbox_retention_secs > 0 {

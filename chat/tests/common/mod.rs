@@ -45,6 +45,8 @@ pub fn configs(dir: &Path) -> (Config, ChatConfig) {
     }];
     let mut chat = ChatConfig::default();
     chat.tokens.secret_file = Some(dir.join("chat-secret"));
+    // Tests send in bursts; the rate limit test sets its own.
+    chat.rate_limits = courier_chat::RateLimitConfig::UNLIMITED;
     (config, chat)
 }
 
@@ -637,7 +639,7 @@ impl ChatProcess {
         std::fs::write(
             &conf,
             format!(
-                "data_dir = {:?}\n[chat.tokens]\nsecret_file = {:?}\n",
+                "data_dir = {:?}\n[chat.rate_limits]\nenabled = false\n[chat.tokens]\nsecret_file = {:?}\n",
                 data.display().to_string(),
                 secret.display().to_string()
             ),
