@@ -44,6 +44,8 @@ pub struct ChatConfig {
     /// At most one typing indicator per device and conversation per this
     /// long, milliseconds.
     pub typing_interval_ms: u64,
+    /// How long a call rings before it is missed, milliseconds.
+    pub ring_timeout_ms: u64,
     /// Rate limits per device and per user.
     pub rate_limits: crate::limits::RateLimitConfig,
     /// Access tokens.
@@ -68,6 +70,7 @@ impl Default for ChatConfig {
             presence_grace_ms: 5000,
             presence_interval_ms: 5000,
             typing_interval_ms: 1000,
+            ring_timeout_ms: 45_000,
             rate_limits: crate::limits::RateLimitConfig::default(),
             tokens: TokenConfig::default(),
         }

@@ -512,6 +512,20 @@ impl Deliveries {
             Self::save(&broker, p);
         }
         self.presence(&broker);
+        // Calls that rang too long: their missed-call entries go out once
+        // they are durable.
+        let woken = self.chat.ring_timeouts(courier::message::unix_now_ms());
+        if !woken.is_empty() {
+            let tx = self.tx.clone();
+            let chat = self.chat.clone();
+            tokio::spawn(async move {
+                if let Ok(b) = chat.broker() {
+                    if b.durable().await.is_ok() {
+                        let _ = tx.send(Event::InboxGrew(woken));
+                    }
+                }
+            });
+        }
         if self.dirty.is_empty() {
             return;
         }

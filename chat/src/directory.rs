@@ -268,7 +268,8 @@ impl Directory {
             | StoredKind::Message(_)
             | StoredKind::Reaction { .. }
             | StoredKind::Edit { .. }
-            | StoredKind::Delete { .. } => {}
+            | StoredKind::Delete { .. }
+            | StoredKind::MissedCall { .. } => {}
             StoredKind::Disappearing { ttl_secs } => c.disappear_secs = *ttl_secs,
             StoredKind::Group(g) => match g {
                 GroupChange::Settings(s) => c.apply_settings(s),

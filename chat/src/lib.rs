@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
+mod calls;
 mod config;
 mod controls;
 mod conversations;
@@ -80,6 +81,8 @@ pub struct Chat {
     recent: messages::Recent,
     /// Rate limits.
     limits: limits::Limits,
+    /// Calls ringing or in progress.
+    calls: calls::Calls,
 }
 
 /// Counters of what the chat layer did and refused.
@@ -220,6 +223,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         typing: presence::TypingLimit::default(),
         recent: messages::Recent::default(),
         limits: rate_limits,
+        calls: calls::Calls::default(),
     });
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
@@ -261,6 +265,7 @@ impl Chat {
             typing: presence::TypingLimit::default(),
             recent: messages::Recent::default(),
             limits: rate_limits,
+            calls: calls::Calls::default(),
         }
     }
 

@@ -524,6 +524,13 @@ impl Chat {
             StoredKind::Disappearing { ttl_secs } => {
                 Some(proto::entry::Kind::Disappearing(ttl_secs))
             }
+            StoredKind::MissedCall { call_id, video } => {
+                Some(proto::entry::Kind::Call(proto::CallRecord {
+                    call_id,
+                    video,
+                    missed: true,
+                }))
+            }
         };
         let sender_blocked = viewer.is_some_and(|v| self.blocks.has(v, &e.sender));
         Some(proto::Entry {

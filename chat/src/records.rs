@@ -86,6 +86,11 @@ pub(crate) enum StoredKind {
     Disappearing {
         ttl_secs: u64,
     },
+    /// A call nobody answered.
+    MissedCall {
+        call_id: String,
+        video: bool,
+    },
 }
 
 /// A message's content: `ty` and `body` opaque, the rest checked.

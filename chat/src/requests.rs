@@ -53,12 +53,15 @@ impl Namespace for Handler {
         let topic = p.message.topic.as_str();
         let admin = is_admin(&p.client);
         let device = device_of(&p.client).map(|(u, d)| (u.to_owned(), d.to_owned()));
-        if let (Some((u, d)), topics::TYPING) = (&device, topic) {
+        if let (Some((u, d)), topics::TYPING | topics::CALL) = (&device, topic) {
             // Ephemeral: answered at once, nothing to make durable.
-            let r = if scope_of(&p.client) == Scope::Device {
+            let r = if scope_of(&p.client) != Scope::Device {
+                Err(ChatError::NotAllowed("only a device types or calls".into()))
+            } else if topic == topics::TYPING {
                 chat.typing(u, d, &p.message.payload)
             } else {
-                Err(ChatError::NotAllowed("only a device types".into()))
+                chat.limited(Action::Request, u, d)
+                    .and_then(|()| chat.call_signal(u, d, &p.message.payload))
             };
             match r {
                 Ok(()) => p.ack.accept(),

@@ -9,6 +9,8 @@ pub const SEND: &str = "c/s";
 pub const REQUEST: &str = "c/r";
 /// Where devices publish `Typing` (QoS 0).
 pub const TYPING: &str = "c/t";
+/// Where devices publish `CallSignal`.
+pub const CALL: &str = "c/k";
 /// Where `courier admin` publishes `AdminRequest`.
 pub const ADMIN: &str = "c/admin";
 /// The user an administrator's connection is (not a valid user id).
