@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use bytes::BytesMut;
+use std::collections::HashMap;
+
 use clap::{Parser, Subcommand};
 use courier_chat::proto::{self, down, request::Op};
 use hdrhistogram::Histogram;
@@ -65,6 +67,37 @@ enum Scenario {
         #[command(flatten)]
         flow: Flow,
     },
+    /// One user watching the presence of `contacts` others, `flapping` of
+    /// whom drop their connection every `period` seconds and come back
+    /// after `down` seconds: presence messages and bytes the watcher gets.
+    Presence {
+        #[arg(long, default_value_t = 200)]
+        contacts: usize,
+        #[arg(long, default_value_t = 20)]
+        flapping: usize,
+        #[arg(long, default_value_t = 10.0)]
+        period: f64,
+        /// Longer than the broker's presence grace period (5 s), so every
+        /// flap is seen.
+        #[arg(long, default_value_t = 6.0)]
+        down: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+    },
+    /// A victim pair at a fixed rate, measured alone and then while a
+    /// device of another user floods at `flood` messages per second (run
+    /// against a broker with rate limits on): the victim's p99 both times.
+    Flood {
+        #[arg(long, default_value_t = 20.0)]
+        victim: f64,
+        /// The default limit per device is 20/s: 200 is ten times it.
+        #[arg(long, default_value_t = 200.0)]
+        flood: f64,
+        /// Seconds measured, each phase.
+        #[arg(long, default_value_t = 15.0)]
+        duration: f64,
+    },
     /// A device offline while `messages` are sent to it, then connecting:
     /// how long until it has them all.
     Catchup {
@@ -105,6 +138,11 @@ struct Stats {
     refused: AtomicU64,
     deliveries: AtomicU64,
     latency: Mutex<Option<Histogram<u64>>>,
+    /// Presence messages received while measuring, their MQTT bytes, and
+    /// the updates in them per user.
+    presence_msgs: AtomicU64,
+    presence_bytes: AtomicU64,
+    presence_per_user: Mutex<HashMap<String, u64>>,
 }
 
 impl Stats {
@@ -216,6 +254,18 @@ impl Ctx {
                                 }
                                 Ok(Some(down::Kind::Response(r))) => {
                                     let _ = tx.send(r);
+                                }
+                                Ok(Some(down::Kind::Presence(ps)))
+                                    if stats.measuring.load(Ordering::Relaxed) =>
+                                {
+                                    stats.presence_msgs.fetch_add(1, Ordering::Relaxed);
+                                    stats
+                                        .presence_bytes
+                                        .fetch_add(p.size() as u64, Ordering::Relaxed);
+                                    let mut per = stats.presence_per_user.lock().unwrap();
+                                    for x in ps.presences {
+                                        *per.entry(x.user).or_default() += 1;
+                                    }
                                 }
                                 _ => {}
                             }
@@ -339,6 +389,11 @@ impl Device {
             DisconnectReasonCode::NormalDisconnection,
         )));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Drops the connection without DISCONNECT (a phone losing its network).
+    fn drop_connection(self) {
+        self.task.abort();
     }
 }
 
@@ -529,6 +584,166 @@ async fn main() -> anyhow::Result<()> {
             }
             let extra = serde_json::json!({"size": size, "groups": groups, "offline": offline, "rate": flow.rate});
             measure(&args, "group", extra, senders, online, flow, &stats).await;
+        }
+        Scenario::Presence {
+            contacts,
+            flapping,
+            period,
+            down,
+            duration,
+        } => {
+            let watcher_id = format!("{run}w");
+            let mut watcher = ctx.device(&watcher_id, "phone", &stats).await?;
+            let users: Vec<String> = (0..contacts).map(|i| format!("{run}c{i}")).collect();
+            let mut devices = Vec::new();
+            for (i, u) in users.iter().enumerate() {
+                let d = ctx.device(u, "phone", &stats).await?;
+                // A direct conversation with the watcher: they may see each other.
+                d.send("", &watcher_id, i as u64 + 1, 8).await?;
+                devices.push(d);
+            }
+            watcher
+                .request(Op::WatchPresence(proto::WatchPresence {
+                    users: users.clone(),
+                }))
+                .await?;
+            stats.measuring.store(true, Ordering::Relaxed);
+            let start = Instant::now();
+            let end = start + Duration::from_secs_f64(duration);
+            let mut flappers = Vec::new();
+            for (i, d) in devices.drain(..flapping.min(contacts)).enumerate() {
+                let user = users[i].clone();
+                let ctx = Ctx {
+                    host: ctx.host.clone(),
+                    port: ctx.port,
+                    tokens: courier_chat::load_tokens(&chat)?,
+                };
+                let stats = stats.clone();
+                // Spread over the period, so they do not flap in step.
+                let offset = period * i as f64 / flapping.max(1) as f64;
+                flappers.push(tokio::spawn(async move {
+                    let mut d = Some(d);
+                    tokio::time::sleep(Duration::from_secs_f64(offset)).await;
+                    while Instant::now() + Duration::from_secs_f64(down) < end {
+                        if let Some(d) = d.take() {
+                            d.drop_connection();
+                        }
+                        tokio::time::sleep(Duration::from_secs_f64(down)).await;
+                        d = ctx.device(&user, "phone", &stats).await.ok();
+                        tokio::time::sleep(Duration::from_secs_f64(period - down)).await;
+                    }
+                    if let Some(d) = d {
+                        d.close().await;
+                    }
+                }));
+            }
+            tokio::time::sleep_until(end.into()).await;
+            stats.measuring.store(false, Ordering::Relaxed);
+            for f in flappers {
+                f.abort();
+            }
+            let per = stats.presence_per_user.lock().unwrap().clone();
+            let flap: Vec<u64> = users[..flapping.min(contacts)]
+                .iter()
+                .map(|u| per.get(u).copied().unwrap_or(0))
+                .collect();
+            let stable: u64 = users[flapping.min(contacts)..]
+                .iter()
+                .map(|u| per.get(u).copied().unwrap_or(0))
+                .sum();
+            let minutes = duration / 60.0;
+            let msgs = stats.presence_msgs.load(Ordering::Relaxed) as f64;
+            let bytes = stats.presence_bytes.load(Ordering::Relaxed) as f64;
+            let max_flap = flap.iter().copied().max().unwrap_or(0) as f64;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": "presence", "label": args.label,
+                    "contacts": contacts, "flapping": flapping, "period_s": period, "down_s": down,
+                    "presence_msgs_per_min": (msgs / minutes).round(),
+                    "presence_bytes_per_min": (bytes / minutes).round(),
+                    "stable_updates": stable,
+                    "max_updates_per_flapper_per_min": (max_flap / minutes * 10.0).round() / 10.0,
+                    "seconds_per_update_per_flapper": if max_flap > 0.0 { (duration / max_flap * 10.0).round() / 10.0 } else { 0.0 },
+                })
+            );
+            for d in devices {
+                d.close().await;
+            }
+            watcher.close().await;
+        }
+        Scenario::Flood {
+            victim,
+            flood,
+            duration,
+        } => {
+            let flood_stats = Stats::new();
+            let (va, vb) = (format!("{run}va"), format!("{run}vb"));
+            let (fa, fb) = (format!("{run}fa"), format!("{run}fb"));
+            let v_recv = ctx.device(&vb, "phone", &stats).await?;
+            let v_send = Arc::new(ctx.device(&va, "phone", &stats).await?);
+            let f_recv = ctx.device(&fb, "phone", &flood_stats).await?;
+            let f_send = Arc::new(ctx.device(&fa, "phone", &flood_stats).await?);
+            // The conversations exist before anything is measured.
+            v_send.send("", &vb, 1, 8).await?;
+            f_send.send("", &fb, 1, 8).await?;
+            let (tx_v, rx_v) = (v_send.clone(), vb.clone());
+            let victim_task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / victim));
+                for id in 2u64.. {
+                    tick.tick().await;
+                    if tx_v.send("", &rx_v, id, 32).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let phase = |stats: &Arc<Stats>| {
+                stats.measuring.store(false, Ordering::Relaxed);
+                let h = stats.latency.lock().unwrap();
+                let p = h
+                    .as_ref()
+                    .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0);
+                let n = h.as_ref().map_or(0, |h| h.len());
+                (p, n)
+            };
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stats.measuring.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            let (alone, n_alone) = phase(&stats);
+            if let Some(h) = stats.latency.lock().unwrap().as_mut() {
+                h.reset();
+            }
+            let (tx_f, rx_f) = (f_send.clone(), fb.clone());
+            let flood_task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / flood));
+                for id in 2u64.. {
+                    tick.tick().await;
+                    if tx_f.send("", &rx_f, id, 32).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            flood_stats.measuring.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stats.measuring.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            let (flooded, n_flooded) = phase(&stats);
+            flood_stats.measuring.store(false, Ordering::Relaxed);
+            flood_task.abort();
+            victim_task.abort();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": "flood", "label": args.label,
+                    "victim_rate": victim, "flood_rate": flood,
+                    "victim_p99_ms_alone": alone, "victim_p99_ms_flooded": flooded,
+                    "ratio": if alone > 0.0 { (flooded / alone * 100.0).round() / 100.0 } else { 0.0 },
+                    "victim_deliveries": [n_alone, n_flooded],
+                    "flood_accepted": flood_stats.accepted.load(Ordering::Relaxed),
+                    "flood_refused": flood_stats.refused.load(Ordering::Relaxed),
+                })
+            );
+            drop((v_recv, f_recv));
         }
         Scenario::Catchup { messages } => {
             let (a, b) = (format!("{run}a"), format!("{run}b"));
