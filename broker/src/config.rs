@@ -62,6 +62,28 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Authorization rules.
     pub acl: AclConfig,
+    /// The `$SYS` statistics topics.
+    pub sys: SysConfig,
+}
+
+/// `[sys]`: the broker's statistics on `$SYS/broker/...`, as Mosquitto
+/// publishes them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SysConfig {
+    /// How often they are published, seconds (0: never).
+    pub interval_secs: u64,
+    /// The usernames that may subscribe to `$SYS` (nobody else may).
+    pub users: Vec<String>,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig {
+            interval_secs: 10,
+            users: Vec::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -83,6 +105,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }

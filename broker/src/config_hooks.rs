@@ -14,6 +14,8 @@ pub struct ConfigHooks {
     allow_anonymous: bool,
     passwords: Option<Arc<PasswordFile>>,
     acl: Acl,
+    /// Who may read `$SYS`.
+    sys_users: Vec<String>,
 }
 
 impl ConfigHooks {
@@ -23,8 +25,27 @@ impl ConfigHooks {
             allow_anonymous,
             passwords: passwords.map(Arc::new),
             acl,
+            sys_users: Vec::new(),
         }
     }
+
+    /// Lets these usernames (and nobody else) read `$SYS`.
+    pub fn with_sys_users(mut self, users: Vec<String>) -> Self {
+        self.sys_users = users;
+        self
+    }
+
+    fn sys_user(&self, client: &ClientInfo) -> bool {
+        client
+            .username
+            .as_deref()
+            .is_some_and(|u| self.sys_users.iter().any(|s| s == u))
+    }
+}
+
+/// A filter or topic in the `$SYS` tree.
+fn is_sys(t: &str) -> bool {
+    t == "$SYS" || t.starts_with("$SYS/")
 }
 
 impl Hooks for ConfigHooks {
@@ -59,10 +80,16 @@ impl Hooks for ConfigHooks {
     }
 
     fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
+        if is_sys(filter) && !self.sys_user(client) {
+            return SubscribeDecision::Deny;
+        }
         self.acl.subscribe(client, filter)
     }
 
     fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
+        if is_sys(topic) && !self.sys_user(client) {
+            return false;
+        }
         self.acl.check(Action::Read, client, topic)
     }
 }

@@ -53,6 +53,7 @@ mod data_dir;
 mod keepalive;
 mod listener;
 mod staging;
+mod sys;
 mod timers;
 
 pub use broker::Broker;

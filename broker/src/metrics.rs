@@ -22,6 +22,10 @@ macro_rules! counters {
 counters! {
     /// Connections currently open.
     connections_current,
+    /// MQTT bytes read from clients.
+    bytes_received,
+    /// MQTT bytes written to clients.
+    bytes_sent,
     /// Connections accepted since start.
     connections_total,
     /// CONNECTs refused (authentication, limits, bad CONNECT).
@@ -65,5 +69,10 @@ impl Metrics {
     /// Adds one to a counter.
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 }

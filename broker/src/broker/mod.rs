@@ -109,11 +109,14 @@ impl Broker {
             Some(p) => Some(PasswordFile::load(p)?),
             None => None,
         };
-        Ok(Arc::new(ConfigHooks::new(
-            config.auth.allow_anonymous,
-            passwords,
-            Acl::new(&config.acl),
-        )))
+        Ok(Arc::new(
+            ConfigHooks::new(
+                config.auth.allow_anonymous,
+                passwords,
+                Acl::new(&config.acl),
+            )
+            .with_sys_users(config.sys.users.clone()),
+        ))
     }
 
     /// Like [`Broker::open`] with the embedder's hooks.
@@ -173,6 +176,9 @@ impl Broker {
                 b.sweep_unloads();
             }
         });
+        if broker.config.sys.interval_secs > 0 {
+            crate::sys::spawn(Arc::downgrade(&broker));
+        }
         if broker.config.durability == Durability::Periodic {
             let b = Arc::downgrade(&broker);
             let every = Duration::from_millis(broker.config.flush_interval_ms);
@@ -421,7 +427,10 @@ impl Broker {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => {
+                    Metrics::inc(&self.metrics.connections_current);
+                    return true;
+                }
                 Err(c) => cur = c,
             }
         }
@@ -430,5 +439,8 @@ impl Broker {
     /// Releases a connection slot.
     pub(crate) fn release_slot(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.metrics
+            .connections_current
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

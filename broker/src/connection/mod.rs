@@ -115,7 +115,8 @@ impl<T: Transport> Conn<T> {
                 r = self.t.read_into(&mut self.p.inbuf), if !throttled => {
                     match r {
                         Ok(0) | Err(_) => return Close::dropped(),
-                        Ok(_) => {
+                        Ok(n) => {
+                            Metrics::add(&self.p.broker.metrics.bytes_received, n as u64);
                             if let Err(c) = self.p.received(Now::of(&self.p.broker)) {
                                 return c;
                             }
@@ -139,6 +140,7 @@ impl<T: Transport> Conn<T> {
         let Some(out) = self.p.poll_transmit() else {
             return Ok(());
         };
+        Metrics::add(&self.p.broker.metrics.bytes_sent, out.len() as u64);
         // A takeover must not wait behind a write to a dead peer. Written
         // out rather than through `or_kick`: as a call it made every
         // connection's future 96 bytes larger (the size test).
