@@ -5,7 +5,10 @@
 //! device (nothing half fanned out), and resending what was not
 //! acknowledged stores nothing twice.
 //!
-//! The power-cut test needs `/dev/fuse` and root; it fails (never skips)
+//! Also deletes for everyone cut short the same ways: every acknowledged
+//! delete stays done (its message and edits gone) after the restart.
+//!
+//! The power-cut tests need `/dev/fuse` and root; they fail (never skip)
 //! without.
 
 mod common;
@@ -166,6 +169,148 @@ async fn a_group_send_survives_a_power_cut() {
     let data = mount.lock().unwrap().path().join("data");
     let m = mount.clone();
     group_send_cut_short(&data, dir.path(), move |p| {
+        p.kill9();
+        m.lock().unwrap().power_cut().expect("power cut");
+    })
+    .await;
+}
+
+/// Deletes for everyone sent with a window in flight, cut short by `crash`:
+/// after the restart every acknowledged delete's message is gone, and so
+/// are its edits; resending the rest erases the rest.
+async fn deletes_cut_short(data: &Path, dir: &Path, crash: impl FnOnce(ChatProcess)) {
+    const MESSAGES: usize = 200;
+    let secret = dir.join("chat-secret");
+    let tokens = tokens_at(&secret);
+    let p = ChatProcess::start(data, &secret, dir);
+    let mut alice =
+        Phone::connect_with(p.addr, "alice", "phone", &token(&tokens, "alice", "phone")).await;
+    let _bob = Phone::connect_with(p.addr, "bob", "phone", &token(&tokens, "bob", "phone")).await;
+    let (_, conv) = alice
+        .send_text(To::User("bob"), "hello", "hi")
+        .await
+        .unwrap();
+    let conv = conv.unwrap();
+    let mut targets = Vec::new();
+    for i in 0..MESSAGES {
+        let (seq, _) = alice
+            .send_text(
+                To::Conversation(&conv),
+                &format!("m{i}"),
+                &format!("secret {i}"),
+            )
+            .await
+            .unwrap();
+        // Every other message has an edit, which must go with it.
+        if i % 2 == 0 {
+            let edit = proto::SendMessage {
+                conversation: conv.clone(),
+                client_msg_id: format!("e{i}"),
+                kind: Some(proto::send_message::Kind::Edit(proto::Edit {
+                    seq,
+                    content: Some(proto::Content {
+                        body: format!("edited secret {i}").into_bytes(),
+                        ..Default::default()
+                    }),
+                })),
+                ..Default::default()
+            };
+            alice
+                .send_raw(prost::Message::encode_to_vec(&edit))
+                .await
+                .unwrap();
+        }
+        targets.push(seq);
+    }
+    let delete = |i: usize| proto::SendMessage {
+        conversation: conv.clone(),
+        client_msg_id: format!("d{i}"),
+        kind: Some(proto::send_message::Kind::Delete(proto::Delete {
+            seq: targets[i],
+            for_everyone: true,
+        })),
+        ..Default::default()
+    };
+    let mut acked = Vec::new();
+    let mut inflight: HashMap<u16, usize> = HashMap::new();
+    let mut next = 0;
+    let mut crash = Some(crash);
+    let mut process = Some(p);
+    while next < MESSAGES || !inflight.is_empty() {
+        while next < MESSAGES && inflight.len() < WINDOW {
+            inflight.insert(alice.send_nowait(&delete(next)).await, next);
+            next += 1;
+        }
+        let Some(a) = alice.next_ack().await else {
+            break;
+        };
+        let i = inflight
+            .remove(&a.pkid)
+            .expect("an ack for a delete in flight");
+        acked_seq(&a).expect("accepted");
+        acked.push(i);
+        if acked.len() == MESSAGES / 2 {
+            if let (Some(c), Some(p)) = (crash.take(), process.take()) {
+                c(p);
+            }
+        }
+    }
+    assert!(
+        acked.len() < MESSAGES,
+        "the crash came while deletes were in flight"
+    );
+    drop(alice);
+
+    let p = ChatProcess::start(data, &secret, dir);
+    let mut alice =
+        Phone::connect_with(p.addr, "alice", "phone", &token(&tokens, "alice", "phone")).await;
+    let secret_left = |h: &[proto::Entry], i: usize| {
+        h.iter().any(|e| match &e.kind {
+            Some(proto::entry::Kind::Content(c)) => c.body == format!("secret {i}").as_bytes(),
+            Some(proto::entry::Kind::Edit(x)) => x
+                .content
+                .as_ref()
+                .is_some_and(|c| c.body == format!("edited secret {i}").as_bytes()),
+            _ => false,
+        })
+    };
+    let h = alice.history(&conv).await;
+    for &i in &acked {
+        assert!(
+            !secret_left(&h, i),
+            "acknowledged delete d{i}: its message or edit is back"
+        );
+    }
+    // The rest, sent again: each erased (or already), none refused.
+    for i in 0..MESSAGES {
+        if !acked.contains(&i) {
+            alice
+                .send_raw(prost::Message::encode_to_vec(&delete(i)))
+                .await
+                .unwrap();
+        }
+    }
+    let h = alice.history(&conv).await;
+    assert!((0..MESSAGES).all(|i| !secret_left(&h, i)));
+}
+
+#[tokio::test]
+async fn acknowledged_deletes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    deletes_cut_short(&data, dir.path(), |p| p.kill9()).await;
+}
+
+#[tokio::test]
+async fn acknowledged_deletes_survive_a_power_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let mount = std::sync::Arc::new(std::sync::Mutex::new(
+        forgetfs::Mount::new(mnt.path()).expect("mount forgetfs (needs /dev/fuse and root)"),
+    ));
+    let data = mount.lock().unwrap().path().join("data");
+    let m = mount.clone();
+    deletes_cut_short(&data, dir.path(), move |p| {
         p.kill9();
         m.lock().unwrap().power_cut().expect("power cut");
     })
