@@ -709,13 +709,16 @@ impl Chat {
         user: &str,
     ) -> Result<proto::Conversation, ChatError> {
         let (c, m) = Chat::member_of(d, id, user)?;
+        // The newest entry this user is shown something of (another
+        // member's delete-for-me shows nothing).
         let last = self
             .broker()?
             .logs()
-            .read_back(&conversation_log(id), c.last_seq + 1, 1)?
-            .first()
+            .read_back(&conversation_log(id), c.last_seq + 1, 8)?
+            .iter()
             .filter(|r| r.seq >= m.since)
-            .and_then(|r| self.show(id, r, Some(user)));
+            .filter_map(|r| self.show(id, r, Some(user)))
+            .find(|e| e.kind.is_some());
         Ok(proto::Conversation {
             id: id.to_owned(),
             kind: match c.kind {

@@ -328,6 +328,23 @@ async fn delete_for_everyone_erases_the_message_everywhere_and_delete_for_me_sta
     };
     check(&alice.history(&conv).await, "alice");
     check(&bob.history(&conv).await, "bob");
+    // alice's snapshot shows the delete as the last entry, not bob's
+    // private one.
+    match alice
+        .ok(proto::request::Op::ListConversations(
+            proto::ListConversations {
+                offset: 0,
+                limit: 10,
+            },
+        ))
+        .await
+    {
+        Some(proto::response::Result::Conversations(cs)) => {
+            let last = cs.conversations[0].last.clone().unwrap();
+            assert_eq!(last.seq, del);
+        }
+        other => panic!("{other:?}"),
+    }
     let fed = b_tablet.entries(4).await;
     assert_eq!(
         fed.iter().map(|e| e.seq).collect::<Vec<_>>(),
