@@ -208,23 +208,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         .map_err(courier::broker::BrokerError::from)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let enabled = chat.enabled;
-    let rate_limits = limits::Limits::new(&chat.rate_limits);
-    let me = Arc::new(Chat {
-        config: chat,
-        tokens,
-        broker: OnceLock::new(),
-        dir: Mutex::default(),
-        metrics: Metrics::default(),
-        events: tx,
-        failures: Mutex::default(),
-        blocks: controls::Blocks::default(),
-        timers: expiry::Timers::default(),
-        presence: presence::Presence::default(),
-        typing: presence::TypingLimit::default(),
-        recent: messages::Recent::default(),
-        limits: rate_limits,
-        calls: calls::Calls::default(),
-    });
+    let me = Arc::new(Chat::new(chat, tokens, tx));
     let hooks: Arc<dyn courier::Hooks> = if enabled {
         Arc::new(identity::ChatHooks::new(me.clone(), inner))
     } else {
@@ -247,26 +231,35 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
 }
 
 impl Chat {
-    #[cfg(test)]
-    pub(crate) fn for_tests(config: ChatConfig) -> Chat {
-        let rate_limits = limits::Limits::new(&config.rate_limits);
-        let tokens = Tokens::new(&config.tokens, Some(b"test")).unwrap();
+    /// The chat layer's state, before it has a broker.
+    fn new(
+        config: ChatConfig,
+        tokens: Tokens,
+        events: mpsc::UnboundedSender<delivery::Event>,
+    ) -> Chat {
+        let limits = limits::Limits::new(&config.rate_limits);
         Chat {
             config,
             tokens,
             broker: OnceLock::new(),
             dir: Mutex::default(),
             metrics: Metrics::default(),
-            events: mpsc::unbounded_channel().0,
+            events,
             failures: Mutex::default(),
             blocks: controls::Blocks::default(),
             timers: expiry::Timers::default(),
             presence: presence::Presence::default(),
             typing: presence::TypingLimit::default(),
             recent: messages::Recent::default(),
-            limits: rate_limits,
+            limits,
             calls: calls::Calls::default(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(config: ChatConfig) -> Chat {
+        let tokens = Tokens::new(&config.tokens, Some(b"test")).unwrap();
+        Chat::new(config, tokens, mpsc::unbounded_channel().0)
     }
 
     /// The broker, unless it is gone (shut down and dropped).

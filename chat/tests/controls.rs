@@ -5,23 +5,6 @@ mod common;
 use common::*;
 use courier_chat::proto::{self, request::Op, response::Result as R};
 
-async fn conversation(p: &mut Phone, conv: &str) -> proto::Conversation {
-    match p
-        .ok(Op::ListConversations(proto::ListConversations {
-            offset: 0,
-            limit: 200,
-        }))
-        .await
-    {
-        Some(R::Conversations(cs)) => cs
-            .conversations
-            .into_iter()
-            .find(|c| c.id == conv)
-            .expect("listed"),
-        other => panic!("{other:?}"),
-    }
-}
-
 async fn receipts(p: &mut Phone, conv: &str, seq: u64) -> proto::MessageReceiptsResult {
     match p
         .ok(Op::MessageReceipts(proto::MessageReceipts {
@@ -64,9 +47,9 @@ async fn a_muted_conversation_still_syncs_and_is_flagged_across_a_restart() {
             until: u64::MAX,
         }))
         .await;
-    assert_eq!(conversation(&mut alice, &conv).await.muted_until, u64::MAX);
+    assert_eq!(alice.conversation(&conv).await.muted_until, u64::MAX);
     // Muted is not for bob, and it still syncs.
-    assert_eq!(conversation(&mut bob, &conv).await.muted_until, 0);
+    assert_eq!(bob.conversation(&conv).await.muted_until, 0);
     bob.send_text(To::Conversation(&conv), "2", "still there?")
         .await
         .unwrap();
@@ -76,14 +59,14 @@ async fn a_muted_conversation_still_syncs_and_is_flagged_across_a_restart() {
     s.stop().await;
     let s = ChatServer::start(dir.path()).await;
     let mut alice = Phone::connect(&s, "alice", "laptop").await;
-    assert_eq!(conversation(&mut alice, &conv).await.muted_until, u64::MAX);
+    assert_eq!(alice.conversation(&conv).await.muted_until, u64::MAX);
     alice
         .ok(Op::Mute(proto::Mute {
             conversation: conv.clone(),
             until: 0,
         }))
         .await;
-    assert_eq!(conversation(&mut alice, &conv).await.muted_until, 0);
+    assert_eq!(alice.conversation(&conv).await.muted_until, 0);
     s.stop().await;
 }
 

@@ -66,24 +66,6 @@ async fn invite(p: &mut Phone, conv: &str, max_uses: u32) -> String {
     }
 }
 
-/// The conversation as `p`'s user sees it (from the snapshot).
-async fn info(p: &mut Phone, conv: &str) -> proto::Conversation {
-    match p
-        .ok(Op::ListConversations(proto::ListConversations {
-            offset: 0,
-            limit: 200,
-        }))
-        .await
-    {
-        Some(R::Conversations(cs)) => cs
-            .conversations
-            .into_iter()
-            .find(|c| c.id == conv)
-            .expect("listed"),
-        other => panic!("{other:?}"),
-    }
-}
-
 fn group_change(e: &proto::Entry) -> Option<&proto::group_change::Change> {
     match &e.kind {
         Some(proto::entry::Kind::Group(g)) => g.change.as_ref(),
@@ -107,8 +89,8 @@ async fn roles_are_enforced_and_ownership_passes_when_the_owner_leaves() {
     let mut carol = Phone::connect(&s, "carol", "phone").await;
     let mut dave = Phone::connect(&s, "dave", "phone").await;
     let g = alice.create_group("team", &["bob", "carol", "dave"]).await;
-    assert_eq!(info(&mut alice, &g).await.owner, "alice");
-    assert_eq!(info(&mut bob, &g).await.role, proto::Role::Member as i32);
+    assert_eq!(alice.conversation(&g).await.owner, "alice");
+    assert_eq!(bob.conversation(&g).await.role, proto::Role::Member as i32);
 
     // A member removes nobody and promotes nobody.
     assert_eq!(
@@ -204,7 +186,7 @@ async fn roles_are_enforced_and_ownership_passes_when_the_owner_leaves() {
     let mut bob = Phone::connect(&s, "bob", "phone").await;
     let mut carol = Phone::connect(&s, "carol", "phone").await;
     let mut erin = Phone::connect(&s, "erin", "phone").await;
-    let c = info(&mut carol, &g).await;
+    let c = carol.conversation(&g).await;
     assert_eq!(c.owner, "bob");
     assert_eq!(c.admins, ["carol"]);
     assert_eq!(c.name, "the team");
@@ -213,7 +195,7 @@ async fn roles_are_enforced_and_ownership_passes_when_the_owner_leaves() {
 
     // Ownership is handed on explicitly; the old owner is an admin.
     bob.ok(set_role(&g, "carol", proto::Role::Owner)).await;
-    let c = info(&mut bob, &g).await;
+    let c = bob.conversation(&g).await;
     assert_eq!(
         (c.owner.as_str(), c.role),
         ("carol", proto::Role::Admin as i32)
@@ -466,7 +448,7 @@ async fn public_groups_are_found_by_name_and_joined_without_an_invite() {
         conversation: ids[1].clone(),
     }))
     .await;
-    assert_eq!(info(&mut bob, &ids[1]).await.members, ["alice", "bob"]);
+    assert_eq!(bob.conversation(&ids[1]).await.members, ["alice", "bob"]);
     assert_eq!(
         refused(
             &mut bob,

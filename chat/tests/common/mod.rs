@@ -584,6 +584,24 @@ impl Phone {
         }
     }
 
+    /// `conv` as this device's user sees it, from the snapshot.
+    pub async fn conversation(&mut self, conv: &str) -> proto::Conversation {
+        match self
+            .ok(Op::ListConversations(proto::ListConversations {
+                offset: 0,
+                limit: 200,
+            }))
+            .await
+        {
+            Some(proto::response::Result::Conversations(cs)) => cs
+                .conversations
+                .into_iter()
+                .find(|c| c.id == conv)
+                .expect("listed"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The whole history of `conv` as this device's user sees it.
     pub async fn history(&mut self, conv: &str) -> Vec<proto::Entry> {
         let mut all = Vec::new();
