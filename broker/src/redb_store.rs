@@ -529,19 +529,7 @@ impl Named<'_, '_> {
             .retain_in((log, 0)..=(log, upto), |_, _| false)
             .map_err(io)?;
         // The batch that reaches past `upto` keeps only what lies above.
-        let straddling = match self
-            .logs
-            .range((log, upto + 1)..=(log, u64::MAX))
-            .map_err(io)?
-            .next()
-        {
-            Some(kv) => {
-                let (k, v) = kv.map_err(io)?;
-                Some((k.value().1, decode_batch(v.value())?))
-            }
-            None => None,
-        };
-        if let Some((last, recs)) = straddling {
+        if let Some((last, recs)) = self.batch_holding(log, upto + 1)? {
             if recs.first().is_some_and(|r| r.seq <= upto) {
                 let (gone, kept): (Vec<LogRecord>, Vec<LogRecord>) =
                     recs.into_iter().partition(|r| r.seq <= upto);
@@ -557,13 +545,11 @@ impl Named<'_, '_> {
         }
         Ok(())
     }
-}
 
-impl Named<'_, '_> {
-    /// Takes record `seq` out of the batch that holds it (a batch's key is
-    /// its last record's seq, so a batch losing its last is keyed anew).
-    fn erase(&mut self, log: &str, seq: u64) -> StoreResult<()> {
-        let found = match self
+    /// The first batch of `log` whose last record is at or after `seq`
+    /// (the one that holds `seq`, if any does): its key and records.
+    fn batch_holding(&self, log: &str, seq: u64) -> StoreResult<Option<(u64, Vec<LogRecord>)>> {
+        match self
             .logs
             .range((log, seq)..=(log, u64::MAX))
             .map_err(io)?
@@ -571,11 +557,16 @@ impl Named<'_, '_> {
         {
             Some(kv) => {
                 let (k, v) = kv.map_err(io)?;
-                Some((k.value().1, decode_batch(v.value())?))
+                Ok(Some((k.value().1, decode_batch(v.value())?)))
             }
-            None => None,
-        };
-        let Some((key, recs)) = found else {
+            None => Ok(None),
+        }
+    }
+
+    /// Takes record `seq` out of the batch that holds it (a batch's key is
+    /// its last record's seq, so a batch losing its last is keyed anew).
+    fn erase(&mut self, log: &str, seq: u64) -> StoreResult<()> {
+        let Some((key, recs)) = self.batch_holding(log, seq)? else {
             return Ok(());
         };
         if !recs.iter().any(|r| r.seq == seq) {

@@ -207,7 +207,7 @@ impl Chat {
                     video: call.video,
                 },
             };
-            match self.append_entry(&mut d, &call.conversation, &entry, None, &recipients) {
+            match self.append_entry(&mut d, &call.conversation, &entry, None, &recipients, &[]) {
                 Ok(_) => woken.extend(recipients),
                 Err(e) => tracing::warn!("chat: recording a missed call: {e}"),
             }

@@ -30,22 +30,11 @@ impl Chat {
     /// Appends `entry` to `conv` and fans it out to `recipients`' inboxes.
     /// With `id`, a repeat of an entry with that id stores nothing and
     /// returns the original's sequence number (`true`: it was a repeat).
+    /// The entry's effects (an index, a timer, `erase`: what a delete for
+    /// everyone erases) are journaled before the fan-out cursor moves past
+    /// it: a crash that keeps the entry but not its effects leaves the
+    /// cursor below it, and recovery does them.
     pub(crate) fn append_entry(
-        &self,
-        d: &mut Directory,
-        conv: &str,
-        entry: &StoredEntry,
-        id: Option<String>,
-        recipients: &[String],
-    ) -> Result<(u64, bool), ChatError> {
-        self.append_entry_erasing(d, conv, entry, id, recipients, &[])
-    }
-
-    /// [`Chat::append_entry`], with the entry's effects (an index, a timer,
-    /// `erase`: the entries a delete for everyone erases) journaled before
-    /// the fan-out cursor moves past it: a crash that keeps the entry but
-    /// not its effects leaves the cursor below it, and recovery does them.
-    pub(crate) fn append_entry_erasing(
         &self,
         d: &mut Directory,
         conv: &str,
@@ -180,7 +169,7 @@ impl Chat {
             seq,
             entry: entry.clone(),
         }])?;
-        let (got, _) = self.append_entry(d, conv, &entry, None, &recipients)?;
+        let (got, _) = self.append_entry(d, conv, &entry, None, &recipients, &[])?;
         d.apply_change(conv, got, &entry);
         Ok(got)
     }
@@ -262,7 +251,7 @@ impl Chat {
             // A change whose entry never reached the disk.
             for (seq, entry) in mine.iter().filter(|(s, _)| *s > last) {
                 let recipients = members_at(&mine, *seq, entry);
-                let (got, _) = self.append_entry(&mut d, &id, entry, None, &recipients)?;
+                let (got, _) = self.append_entry(&mut d, &id, entry, None, &recipients, &[])?;
                 if got != *seq {
                     tracing::error!(conversation = %id, seq, got, "chat: change rewritten at another sequence number");
                 }

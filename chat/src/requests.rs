@@ -238,50 +238,54 @@ impl Chat {
         let (c, m) = Chat::member_of(&d, &conv, user)?;
         // Scoped to the device: another device's id never collides.
         let id = format!("{}/{}", topics::client_id(user, device), s.client_msg_id);
-        // A resend is answered before any check: what was accepted once
-        // stays accepted (a delete whose target is gone since, a window
-        // closed, a block).
-        if let Some(seq) = self
-            .broker()?
-            .logs()
-            .seq_of(&conversation_log(&conv), &id)?
-        {
-            drop(d);
-            self.metrics.inc(&self.metrics.send_repeats, 1);
+        // Blocked: nothing new in a direct conversation, but a user may
+        // still delete its own messages there.
+        let blocked = c.kind == ConvKind::Direct
+            && !matches!(kind, proto::send_message::Kind::Delete(_))
+            && c.members
+                .keys()
+                .any(|o| o != user && self.blocks.either(user, o));
+        let checked = if blocked {
+            Err(ChatError::Blocked)
+        } else {
+            self.check_send(c, &conv, user, m, kind, now_ms)
+        };
+        let answered = |seq: u64, conv: String| {
             let mut reply = Reply::success().with_property("seq", seq.to_string());
             if s.conversation.is_empty() {
                 reply = reply.with_property("c", conv);
             }
-            return Ok(Done {
+            Done {
                 reply,
                 response: None,
                 woken: Vec::new(),
-            });
-        }
-        // Blocked: nothing new in a direct conversation, but a user may
-        // still delete its own messages there.
-        if c.kind == ConvKind::Direct
-            && !matches!(kind, proto::send_message::Kind::Delete(_))
-            && c.members
-                .keys()
-                .any(|o| o != user && self.blocks.either(user, o))
-        {
-            return Err(ChatError::Blocked);
-        }
+            }
+        };
         let crate::messages::Checked {
             kind,
             own_only,
-            already,
             erase,
-        } = self.check_send(c, &conv, user, m, kind, now_ms)?;
-        if let Some(seq) = already {
-            drop(d);
-            return Ok(Done {
-                reply: Reply::success().with_property("seq", seq.to_string()),
-                response: None,
-                woken: Vec::new(),
-            });
-        }
+            ..
+        } = match checked {
+            Ok(c) if c.already.is_none() => c,
+            // Refused, or nothing to store: a resend is answered as its
+            // original was, whatever changed since (a delete whose target
+            // is gone, a window closed, a block). The id is looked up
+            // only here, off the common path (the append checks it too).
+            other => {
+                let logs = self.broker()?;
+                let original = logs.logs().seq_of(&conversation_log(&conv), &id)?;
+                drop(d);
+                return match (original, other) {
+                    (Some(seq), _) => {
+                        self.metrics.inc(&self.metrics.send_repeats, 1);
+                        Ok(answered(seq, conv))
+                    }
+                    (None, Ok(c)) => Ok(answered(c.already.unwrap_or(0), conv)),
+                    (None, Err(e)) => Err(e),
+                };
+            }
+        };
         let recipients: Vec<String> = if own_only {
             vec![user.to_owned()]
         } else {
@@ -294,7 +298,7 @@ impl Chat {
             kind,
         };
         let (seq, repeat) =
-            self.append_entry_erasing(&mut d, &conv, &entry, Some(id), &recipients, &erase)?;
+            self.append_entry(&mut d, &conv, &entry, Some(id), &recipients, &erase)?;
         drop(d);
         if repeat {
             self.metrics.inc(&self.metrics.send_repeats, 1);
