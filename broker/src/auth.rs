@@ -230,6 +230,32 @@ impl PasswordFile {
     }
 }
 
+/// Reads a secret (a signing key, the admin key) from `path`, creating it
+/// (32 random bytes, hex, readable by the owner only) if it does not exist.
+pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => return Ok(s.trim().as_bytes().to_vec()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let mut raw = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    std::io::Write::write_all(&mut f, hex.as_bytes())?;
+    f.sync_all()?;
+    Ok(hex.into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,8 @@ pub struct GroupCommit {
     applied: AtomicU64,
     cancelled: AtomicU64,
     sync_ns: AtomicU64,
+    /// How long each commit took (applying the batch and its fsync).
+    latency: prometheus_client::metrics::histogram::Histogram,
     closed: AtomicBool,
     /// The flusher has ended.
     stopped: AtomicBool,
@@ -176,6 +178,10 @@ impl GroupCommit {
             applied: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             sync_ns: AtomicU64::new(0),
+            // 50 µs to 1.6 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 16),
+            ),
             closed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             failed: Mutex::new(None),
@@ -232,8 +238,10 @@ impl GroupCommit {
             };
             let t0 = std::time::Instant::now();
             let err = self.commit(store, ops);
+            let took = t0.elapsed();
             self.sync_ns
-                .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+            self.latency.observe(took.as_secs_f64());
             self.syncs.fetch_add(1, Ordering::Relaxed);
             self.done.send_replace((upto, err));
             covered = upto;
@@ -524,6 +532,11 @@ impl GroupCommit {
     /// milliseconds.
     pub fn commit_ms(&self) -> u64 {
         self.sync_ns.load(Ordering::Relaxed) / 1_000_000
+    }
+
+    /// The histogram of commit latencies, in seconds.
+    pub fn latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.latency
     }
 
     /// Journaled writes applied to the store, and cancelled before they were.

@@ -64,6 +64,31 @@ pub struct Config {
     pub acl: AclConfig,
     /// The `$SYS` statistics topics.
     pub sys: SysConfig,
+    /// The admin HTTP API and Prometheus metrics.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the operators' HTTP listener (the admin API and `/metrics`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on (`127.0.0.1:9883`); unset: no admin listener.
+    /// Anyone who can reach it and holds the key administers the broker,
+    /// so keep it on loopback or a private network.
+    pub bind: Option<String>,
+    /// The bearer key every request must carry (created with a random key
+    /// on first start if missing; default `<data_dir>/admin.key`).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Where the admin key is.
+    pub fn admin_key_file(&self) -> PathBuf {
+        self.admin
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.key"))
+    }
 }
 
 /// `[sys]`: the broker's statistics on `$SYS/broker/...`, as Mosquitto
@@ -106,6 +131,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
             sys: SysConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -346,6 +372,13 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "listener {} needs cert and key",
                     lst.bind
+                )));
+            }
+        }
+        if let Some(b) = &self.admin.bind {
+            if b.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.bind {b:?} is not an address like 127.0.0.1:9883"
                 )));
             }
         }

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 // The embedder's API.
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod commit;

@@ -3,17 +3,25 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])+ $name:ident),* $(,)?) => {
         /// Broker-wide counters (monotonic, except `connections_current`).
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])+ pub $name: AtomicU64,)*
         }
 
         impl Metrics {
             /// Name and value of every counter, for logs and `$SYS` topics.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+
+        /// A counter's description (its doc comment), for `/metrics`.
+        pub fn help(name: &str) -> &'static str {
+            match name {
+                $(stringify!($name) => concat!($($doc),+).trim(),)*
+                _ => "",
             }
         }
     };
@@ -63,6 +71,8 @@ counters! {
     namespace_refused,
     /// Failed accepts (usually the open-file limit reached).
     accept_errors,
+    /// Admin API requests refused for a missing or wrong key.
+    admin_refused,
 }
 
 impl Metrics {

@@ -28,6 +28,9 @@ pub enum ServerError {
     /// A namespace could not be claimed.
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    /// The admin listener could not start.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Chooses the parts of a [`Server`]; whatever is not given is built from
@@ -77,7 +80,7 @@ impl ServerBuilder {
         for (prefix, handler) in self.namespaces {
             broker.claim_namespace(&prefix, handler)?;
         }
-        Server::with_broker(broker).await
+        Server::serve(broker).await
     }
 }
 
@@ -87,6 +90,8 @@ pub struct Server {
     pub broker: Arc<Broker>,
     /// Bound addresses, in configuration order.
     pub addrs: Vec<(ListenerKind, SocketAddr)>,
+    /// The admin listener's address, if `[admin] bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -95,7 +100,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let broker = Broker::open(config)?;
-        Self::with_broker(broker).await
+        Self::serve(broker).await
     }
 
     /// Starts with the embedder's hooks.
@@ -120,10 +125,15 @@ impl Server {
     /// (with [`Broker::open_with`]) and prepared (claimed namespaces,
     /// restored its own state) before any client can connect.
     pub async fn serve(broker: Arc<Broker>) -> Result<Server, ServerError> {
-        Self::with_broker(broker).await
+        Self::serve_with(broker, crate::admin::Extension::new()).await
     }
 
-    async fn with_broker(broker: Arc<Broker>) -> Result<Server, ServerError> {
+    /// As [`Server::serve`], with the embedder's routes and metrics on the
+    /// admin listener.
+    pub async fn serve_with(
+        broker: Arc<Broker>,
+        admin: crate::admin::Extension,
+    ) -> Result<Server, ServerError> {
         let mut addrs = Vec::new();
         let mut accept_loops = Vec::new();
         for l in broker.config.listeners.clone() {
@@ -131,9 +141,15 @@ impl Server {
             addrs.push((l.kind, addr));
             accept_loops.push(task);
         }
+        let mut admin_addr = None;
+        if let Some((addr, task)) = crate::admin::start(&broker, admin).await? {
+            admin_addr = Some(addr);
+            accept_loops.push(task);
+        }
         Ok(Server {
             broker,
             addrs,
+            admin_addr,
             accept_loops,
         })
     }
@@ -160,6 +176,9 @@ impl Server {
 pub async fn serve_until_terminated(server: &mut Server) -> Result<(), SyncFailed> {
     for (kind, addr) in &server.addrs {
         println!("courier listening {kind:?} {addr}");
+    }
+    if let Some(addr) = server.admin_addr {
+        println!("courier admin API on http://{addr}");
     }
     terminated().await;
     tracing::info!("shutting down");

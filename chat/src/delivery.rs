@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::identity::{device_of, scope_of, Scope};
 use crate::proto;
-use crate::records::{conversation_log, inbox_log, ConvKind};
+use crate::records::{conversation_log, inbox_log, ConvKind, LAST_SEEN};
 use crate::{inbox, topics, Chat};
 
 /// How often cursors are saved and receipts sent.
@@ -172,9 +172,14 @@ impl Deliveries {
         } else if let Some(mut p) = self.pumps.remove(&id) {
             let grace = self.chat.config.presence_grace_ms;
             let now = courier::message::unix_now_ms();
-            self.chat.presence.device_offline(&p.user, &id, now, grace);
+            let last = self.chat.presence.device_offline(&p.user, &id, now, grace);
             if let Ok(b) = self.chat.broker() {
                 Self::save(&b, &mut p);
+                if last {
+                    // Durable with the next commit: last seen outlives a
+                    // restart.
+                    b.logs().set_cursor(LAST_SEEN, &p.user, now);
+                }
             }
             if let Some(list) = self.devices.get_mut(&p.user) {
                 list.retain(|c| *c != id);

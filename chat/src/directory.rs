@@ -188,6 +188,9 @@ impl Directory {
             DirRecord::RefreshToken { user, device, hash } => {
                 self.device_mut(user, device).refresh = Some(hash.clone());
             }
+            DirRecord::RefreshRevoked { user, device } => {
+                self.device_mut(user, device).refresh = None;
+            }
             DirRecord::UserDisabled { user, disabled } => {
                 self.users.entry(user.clone()).or_default().disabled = *disabled;
             }

@@ -43,6 +43,11 @@ impl Timers {
         }
     }
 
+    /// Expiries pending.
+    pub(crate) fn len(&self) -> usize {
+        self.due.lock().len()
+    }
+
     fn next_due(&self) -> Option<u64> {
         self.due.lock().first().map(|f| f.0)
     }

@@ -12,8 +12,7 @@
 //! with its refresh token (`rt1....`) for a connection that may only ask
 //! for a new access token; a known device's access token also opens a
 //! peek connection (`<user>:<device>:peek`) that may only fetch the
-//! device's inbox; and `courier admin` logs in as `$admin:<name>` with an
-//! administrator's token minted from the broker's own secret.
+//! device's inbox. (Administrators use the admin HTTP API, not MQTT.)
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -73,8 +72,6 @@ pub(crate) enum Scope {
 const SCOPE: &str = "scope";
 const REFRESH: &str = "refresh";
 const PEEK: &str = "peek";
-const ROLE: &str = "role";
-const ADMIN: &str = "admin";
 
 /// The scope of a chat device's connection.
 pub(crate) fn scope_of(client: &ClientInfo) -> Scope {
@@ -87,14 +84,6 @@ pub(crate) fn scope_of(client: &ClientInfo) -> Scope {
         Some(PEEK) => Scope::Peek,
         _ => Scope::Device,
     }
-}
-
-/// True for `courier admin`'s connections.
-pub(crate) fn is_admin(client: &ClientInfo) -> bool {
-    client.client_id.starts_with(topics::ADMIN_CLIENT_PREFIX)
-        && client.principal.as_deref().is_some_and(|p| {
-            p.user == topics::ADMIN_USER && p.claims.iter().any(|(n, v)| n == ROLE && v == ADMIN)
-        })
 }
 
 impl Hooks for ChatHooks {
@@ -122,7 +111,7 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_publish(&self, client: &ClientInfo, topic: &str) -> bool {
-        if device_of(client).is_some() || is_admin(client) {
+        if device_of(client).is_some() {
             // Outside the chat namespace (its handler decides inside).
             self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
             tracing::info!(client_id = %client.client_id, topic, "chat device may not publish outside c/");
@@ -132,7 +121,7 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_subscribe(&self, client: &ClientInfo, filter: &str) -> SubscribeDecision {
-        if device_of(client).is_some() || is_admin(client) {
+        if device_of(client).is_some() {
             self.chat.metrics.inc(&self.chat.metrics.acl_refused, 1);
             tracing::info!(client_id = %client.client_id, filter, "chat device may subscribe only to its inbox");
             return SubscribeDecision::Deny;
@@ -141,7 +130,7 @@ impl Hooks for ChatHooks {
     }
 
     fn authorize_read(&self, client: &ClientInfo, topic: &str) -> bool {
-        device_of(client).is_none() && !is_admin(client) && self.inner.authorize_read(client, topic)
+        device_of(client).is_none() && self.inner.authorize_read(client, topic)
     }
 }
 
@@ -152,7 +141,7 @@ type Refusal = (String, AuthDecision);
 const REFRESH_CONNECTION_SECS: u64 = 60;
 
 impl Chat {
-    /// Checks a chat device's (or an administrator's) CONNECT; registers a
+    /// Checks a chat device's CONNECT; registers a
     /// new user or device.
     fn login(&self, req: &AuthRequest<'_>) -> Result<Principal, Refusal> {
         let bad = |why: String| (why, AuthDecision::BadCredentials);
@@ -161,21 +150,6 @@ impl Chat {
             .password
             .and_then(|p| std::str::from_utf8(p).ok())
             .ok_or_else(|| bad("no access token".into()))?;
-        if let Some(name) = req.client_id.strip_prefix(topics::ADMIN_CLIENT_PREFIX) {
-            let c = self
-                .tokens
-                .verify_admin(password, now)
-                .map_err(|e| bad(format!("administrator: {e}")))?;
-            if c.dev != name {
-                return Err(bad("administrator's token is for another name".into()));
-            }
-            return Ok(Principal {
-                user: topics::ADMIN_USER.to_owned(),
-                device: Some(c.dev),
-                expires_at: Some(c.exp),
-                claims: vec![(ROLE.into(), ADMIN.into())],
-            });
-        }
         let peek = topics::parse_peek_client_id(req.client_id);
         let (user, device) = peek
             .or_else(|| topics::parse_client_id(req.client_id))
@@ -198,7 +172,7 @@ impl Chat {
             .tokens
             .verify(password, now)
             .map_err(|e| bad(e.to_string()))?;
-        if claims.sub != user || claims.dev != device || claims.adm {
+        if claims.sub != user || claims.dev != device {
             return Err(bad(format!(
                 "token is for {}:{}, not this client id",
                 claims.sub, claims.dev

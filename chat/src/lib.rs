@@ -26,6 +26,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
+mod admin;
 mod calls;
 mod config;
 mod controls;
@@ -85,39 +86,67 @@ pub struct Chat {
     calls: calls::Calls,
 }
 
-/// Counters of what the chat layer did and refused.
-#[derive(Debug, Default)]
-pub struct Metrics {
+macro_rules! chat_counters {
+    ($($(#[doc = $doc:literal])+ $name:ident),* $(,)?) => {
+        /// Counters of what the chat layer did and refused.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $($(#[doc = $doc])+ pub $name: AtomicU64,)*
+            /// Refusals by error code (the protocol's `ErrorCode` value).
+            refused_by: [AtomicU64; 16],
+            /// Rate-limit hits by action.
+            limited_by: [AtomicU64; limits::ACTIONS],
+        }
+
+        impl Metrics {
+            /// Name and value of every counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+
+            /// Name, description and value of every counter.
+            fn described(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((
+                    stringify!($name),
+                    concat!($($doc),+).trim(),
+                    self.$name.load(Ordering::Relaxed),
+                ),)*]
+            }
+        }
+    };
+}
+
+chat_counters! {
     /// Logins with a valid token.
-    pub logins: AtomicU64,
+    logins,
     /// Logins refused (bad, expired or mismatched tokens, revoked devices).
-    pub logins_refused: AtomicU64,
+    logins_refused,
     /// Subscriptions and publishes refused by the chat namespace's rules.
-    pub acl_refused: AtomicU64,
+    acl_refused,
     /// Messages stored.
-    pub sends: AtomicU64,
+    sends,
     /// Resends answered with the original's sequence number.
-    pub send_repeats: AtomicU64,
-    /// Sends and requests refused.
-    pub refused: AtomicU64,
+    send_repeats,
+    /// Sends and requests refused (any reason).
+    refused,
     /// Sends, requests and typing refused by a rate limit.
-    pub rate_limited: AtomicU64,
+    rate_limited,
     /// Requests answered.
-    pub requests: AtomicU64,
+    requests,
     /// Inbox references written.
-    pub inbox_refs: AtomicU64,
+    inbox_refs,
     /// Inbox entries sent to devices.
-    pub deliveries: AtomicU64,
+    deliveries,
     /// Deliveries acknowledged by devices.
-    pub delivery_acks: AtomicU64,
+    delivery_acks,
     /// Receipt messages sent to devices.
-    pub receipts: AtomicU64,
+    receipts,
     /// Presence update messages sent to devices.
-    pub presence_updates: AtomicU64,
+    presence_updates,
     /// Typing indicators passed on.
-    pub typing: AtomicU64,
+    typing,
     /// Typing indicators dropped by the rate limit.
-    pub typing_dropped: AtomicU64,
+    typing_dropped,
 }
 
 impl Metrics {
@@ -125,26 +154,53 @@ impl Metrics {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Name and value of every counter.
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
-            ("logins", v(&self.logins)),
-            ("logins_refused", v(&self.logins_refused)),
-            ("acl_refused", v(&self.acl_refused)),
-            ("sends", v(&self.sends)),
-            ("send_repeats", v(&self.send_repeats)),
-            ("refused", v(&self.refused)),
-            ("rate_limited", v(&self.rate_limited)),
-            ("requests", v(&self.requests)),
-            ("inbox_refs", v(&self.inbox_refs)),
-            ("deliveries", v(&self.deliveries)),
-            ("delivery_acks", v(&self.delivery_acks)),
-            ("receipts", v(&self.receipts)),
-            ("presence_updates", v(&self.presence_updates)),
-            ("typing", v(&self.typing)),
-            ("typing_dropped", v(&self.typing_dropped)),
-        ]
+    /// Counts a refusal, by its reason.
+    fn refusal(&self, e: &ChatError) {
+        self.inc(&self.refused, 1);
+        if let Some(c) = self.refused_by.get(e.code() as usize) {
+            self.inc(c, 1);
+        }
+    }
+
+    /// Counts a rate-limit hit, by action.
+    fn limit_hit(&self, a: limits::Action) {
+        self.inc(&self.rate_limited, 1);
+        self.inc(&self.limited_by[a as usize], 1);
+    }
+
+    /// Refusals by reason and rate-limit hits by action, labelled.
+    fn encode_labelled(
+        &self,
+        enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::MetricType;
+        let mut f = enc.encode_descriptor(
+            "courier_chat_refusals",
+            "Sends and requests refused, by the protocol's error code",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, c) in self.refused_by.iter().enumerate() {
+            let Ok(code) = proto::ErrorCode::try_from(code as i32) else {
+                continue;
+            };
+            let labels = [("reason", code.as_str_name().to_ascii_lowercase())];
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(f.encode_family(&labels)?)?;
+        }
+        let mut f = enc.encode_descriptor(
+            "courier_chat_rate_limit_hits",
+            "Actions refused by a rate limit, by action",
+            None,
+            MetricType::Counter,
+        )?;
+        for a in limits::Action::ALL {
+            let labels = [("action", a.name())];
+            let v = self.limited_by[a as usize].load(Ordering::Relaxed);
+            ConstCounter::new(v).encode(f.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -184,15 +240,16 @@ pub struct Running {
 /// The token keys `config` names, with the broker's own signing secret
 /// (read, or created on first use).
 pub fn load_tokens(config: &ChatConfig) -> Result<Tokens, StartError> {
-    let secret = match &config.tokens.secret_file {
-        Some(p) => Some(
-            token::load_or_create_secret(p).map_err(|source| StartError::Secret {
-                path: p.clone(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
+    let secret =
+        match &config.tokens.secret_file {
+            Some(p) => Some(courier::auth::load_or_create_secret(p).map_err(|source| {
+                StartError::Secret {
+                    path: p.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
     Ok(Tokens::new(&config.tokens, secret.as_deref())?)
 }
 
@@ -219,6 +276,12 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
     if enabled {
         me.recover()?;
         me.recover_timers()?;
+        me.presence.restore(
+            broker
+                .logs()
+                .cursors(records::LAST_SEEN)
+                .map_err(ChatError::from)?,
+        );
         broker
             .claim_namespace(topics::PREFIX, Arc::new(requests::Handler(me.clone())))
             .map_err(courier::server::ServerError::from)?;
@@ -226,7 +289,13 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         retention::spawn(me.clone());
         expiry::spawn(me.clone());
     }
-    let server = Server::serve(broker).await?;
+    let mut admin = courier::admin::Extension::new();
+    if enabled {
+        admin = admin
+            .routes(admin::routes(me.clone()))
+            .collector(Box::new(admin::ChatMetrics(Arc::downgrade(&me))));
+    }
+    let server = Server::serve_with(broker, admin).await?;
     Ok(Running { server, chat: me })
 }
 

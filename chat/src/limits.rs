@@ -115,8 +115,21 @@ pub(crate) enum Action {
     Request,
 }
 
+/// How many kinds of action there are.
+pub(crate) const ACTIONS: usize = 6;
+
 impl Action {
-    fn name(self) -> &'static str {
+    /// Every action, for the metrics.
+    pub(crate) const ALL: [Action; ACTIONS] = [
+        Action::Send,
+        Action::CreateGroup,
+        Action::Invite,
+        Action::Presence,
+        Action::Typing,
+        Action::Request,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Action::Send => "send",
             Action::CreateGroup => "create_group",

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use courier::auth::{PasswordFile, DEFAULT_ITERATIONS};
-use courier::config::{CliArgs, Config, ListenerKind};
+use courier::config::{CliArgs, Config};
 use courier_chat::ChatConfig;
+
+mod admin_client;
 
 #[derive(Parser)]
 #[command(
@@ -52,47 +54,14 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
-    /// Ask the running broker (as an administrator, with a token from the
-    /// broker's own secret).
+    /// Ask the running broker, through its admin API (`[admin] bind`,
+    /// with the key in `[admin] key_file`).
     Admin {
-        /// The broker's MQTT address (default: the first TCP listener).
+        /// The admin API's address (default: `[admin] bind`).
         #[arg(long)]
         server: Option<String>,
         #[command(subcommand)]
-        op: AdminOp,
-    },
-}
-
-#[derive(Subcommand)]
-enum AdminOp {
-    /// Users, their devices, and which are online.
-    Users,
-    /// An access token for a device, minted by the broker.
-    Token {
-        /// User id.
-        user: String,
-        /// Device id.
-        device: String,
-        /// Lifetime in seconds (default: the configured one).
-        #[arg(long, default_value_t = 0)]
-        ttl: u64,
-    },
-    /// Disable a user: its devices are disconnected and refused.
-    Disable {
-        /// User id.
-        user: String,
-    },
-    /// Enable a disabled user again.
-    Enable {
-        /// User id.
-        user: String,
-    },
-    /// Revoke one of a user's devices.
-    Revoke {
-        /// User id.
-        user: String,
-        /// Device id.
-        device: String,
+        op: admin_client::AdminOp,
     },
 }
 
@@ -155,134 +124,11 @@ fn token(chat: &ChatConfig, user: &str, device: &str, ttl: Option<u64>) -> anyho
     Ok(())
 }
 
-/// Sends one administrator's request to the running broker; prints the
-/// answer.
-fn admin(
-    config: &Config,
-    chat: &ChatConfig,
-    server: Option<String>,
-    op: AdminOp,
-) -> anyhow::Result<()> {
-    use courier_chat::proto::{self, admin_request::Op};
-    use prost::Message as _;
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-
-    let addr = match server {
-        Some(s) => s,
-        None => config
-            .listeners
-            .iter()
-            .find(|l| l.kind == ListenerKind::Tcp)
-            .map(|l| l.bind.replace("0.0.0.0", "127.0.0.1"))
-            .context("no TCP listener configured; use --server")?,
-    };
-    let (host, port) = addr.rsplit_once(':').context("--server is host:port")?;
-    let port: u16 = port.parse().context("--server port")?;
-    let name = format!("cli-{}", std::process::id());
-    let tokens = courier_chat::load_tokens(chat)?;
-    let token = tokens.mint_admin(&name, courier::message::unix_now(), 60)?;
-    let op = match op {
-        AdminOp::Users => Op::ListUsers(proto::ListUsers {}),
-        AdminOp::Token { user, device, ttl } => Op::MintToken(proto::MintToken {
-            user,
-            device,
-            ttl_secs: ttl,
-        }),
-        AdminOp::Disable { user } => Op::SetUserDisabled(proto::SetUserDisabled {
-            user,
-            disabled: true,
-        }),
-        AdminOp::Enable { user } => Op::SetUserDisabled(proto::SetUserDisabled {
-            user,
-            disabled: false,
-        }),
-        AdminOp::Revoke { user, device } => {
-            Op::RevokeUserDevice(proto::RevokeUserDevice { user, device })
-        }
-    };
-    let payload = proto::AdminRequest { op: Some(op) }.encode_to_vec();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let mut o = MqttOptions::new(
-            format!("{}{name}", courier_chat::topics::ADMIN_CLIENT_PREFIX),
-            host,
-            port,
-        );
-        o.set_credentials("", token);
-        let (client, mut el) = AsyncClient::new(o, 10);
-        let props = PublishProperties {
-            response_topic: Some(format!("$admin/{name}")),
-            correlation_data: Some(bytes::Bytes::from_static(b"1")),
-            ..Default::default()
-        };
-        client
-            .publish_with_properties(
-                courier_chat::topics::ADMIN,
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                props,
-            )
-            .await?;
-        let response = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(proto::Down {
-                            kind: Some(proto::down::Kind::Response(r)),
-                        }) = proto::Down::decode(p.payload)
-                        {
-                            return Ok(r);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(anyhow::anyhow!("{e}")),
-                }
-            }
-        })
-        .await
-        .context("no answer from the broker")??;
-        if let Some(e) = response.error {
-            bail!("refused: {}", e.message);
-        }
-        match response.result {
-            Some(proto::response::Result::Token(t)) => println!("{}", t.access_token),
-            Some(proto::response::Result::Users(us)) => {
-                for u in us.users {
-                    let devices: Vec<String> = u
-                        .devices
-                        .iter()
-                        .map(|d| {
-                            let state = if d.revoked {
-                                " (revoked)"
-                            } else if d.online {
-                                " (online)"
-                            } else {
-                                ""
-                            };
-                            format!("{}{state}", d.id)
-                        })
-                        .collect();
-                    let disabled = if u.disabled { " [disabled]" } else { "" };
-                    println!("{}{disabled}: {}", u.id, devices.join(", "));
-                }
-            }
-            _ => println!("done"),
-        }
-        let _ = client.disconnect().await;
-        Ok(())
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (config, chat) = load(&cli.run)?;
     match cli.command {
-        Some(Command::Admin { server, op }) => return admin(&config, &chat, server, op),
+        Some(Command::Admin { server, op }) => return admin_client::run(&config, server, op),
         Some(Command::Passwd {
             file,
             user,

@@ -375,11 +375,16 @@ impl Chat {
             }
             _ => {}
         }
-        let log = conversation_log(conv);
         for s in erase {
-            logs.erase(&log, *s);
-            self.recent.with(conv, *s, |f| f.erased = true);
+            self.erase(logs, conv, *s);
         }
+    }
+
+    /// Erases entry `seq` of `conv`: reads leave it out from now on (the
+    /// store's at its next commit, the overlay at once).
+    pub(crate) fn erase(&self, logs: &courier::logs::Logs, conv: &str, seq: u64) {
+        logs.erase(&conversation_log(conv), seq);
+        self.recent.with(conv, seq, |f| f.erased = true);
     }
 
     /// What a stored delete for everyone erases: the message and its edits

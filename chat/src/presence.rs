@@ -79,6 +79,13 @@ impl TypingLimit {
 #[derive(Default)]
 pub(crate) struct Presence(Mutex<State>);
 
+impl Presence {
+    /// Users shown as online now.
+    pub(crate) fn online_count(&self) -> usize {
+        self.0.lock().users.values().filter(|u| u.online).count()
+    }
+}
+
 /// Whether `viewer` may see `user`'s presence.
 fn visible(chat: &Chat, d: &Directory, viewer: &str, user: &str) -> bool {
     if viewer == user {
@@ -115,14 +122,31 @@ impl Presence {
         }
     }
 
-    /// A device of `user` (client id `client`) left at `now_ms`.
-    pub(crate) fn device_offline(&self, user: &str, client: &Arc<str>, now_ms: u64, grace: u64) {
+    /// Last seen times read back at start-up (the users are offline).
+    pub(crate) fn restore(&self, seen: Vec<(String, u64)>) {
         let mut st = self.0.lock();
+        for (user, left_ms) in seen {
+            st.users.entry(user).or_default().left_ms = left_ms;
+        }
+    }
+
+    /// A device of `user` (client id `client`) left at `now_ms`. True if
+    /// it was the user's last: `now_ms` is its last seen.
+    pub(crate) fn device_offline(
+        &self,
+        user: &str,
+        client: &Arc<str>,
+        now_ms: u64,
+        grace: u64,
+    ) -> bool {
+        let mut st = self.0.lock();
+        let mut last = false;
         if let Some(u) = st.users.get_mut(user) {
             u.devices = u.devices.saturating_sub(1);
             if u.devices == 0 {
                 u.left_ms = now_ms;
                 u.offline_at = Some(now_ms + grace);
+                last = true;
             }
         }
         // What it watched goes with it.
@@ -136,6 +160,7 @@ impl Presence {
                 }
             }
         }
+        last
     }
 
     /// `client` (a device of `viewer`) now watches `users`: their current

@@ -8,6 +8,9 @@
 //!   device's position in it is a cursor named after the device.
 //! - `dir`: users, devices, conversations and membership changes, replayed
 //!   at start-up.
+//! - `timers`: pending expiries of disappearing messages.
+//! - `seen`: no records; its cursors are the users' last seen times (Unix
+//!   ms), one per user.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,9 @@ pub(crate) struct Timer {
     pub conversation: String,
     pub seq: u64,
 }
+
+/// The log whose cursors are the users' last seen times.
+pub(crate) const LAST_SEEN: &str = "seen";
 
 /// Cursor of a conversation log: how far its entries are fanned out.
 pub(crate) const FANOUT: &str = "fanout";
@@ -240,6 +246,9 @@ pub(crate) enum DirRecord {
         other: String,
         blocked: bool,
     },
+    /// A device's refresh token revoked by an administrator (its access
+    /// tokens stay valid until they expire).
+    RefreshRevoked { user: String, device: String },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> bytes::Bytes {

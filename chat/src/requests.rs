@@ -15,7 +15,7 @@ use prost::Message as _;
 use crate::directory::direct_id;
 use crate::error::ChatError;
 use crate::groups::role_to_proto;
-use crate::identity::{device_of, is_admin, scope_of, Scope};
+use crate::identity::{device_of, scope_of, Scope};
 use crate::limits::Action;
 use crate::proto::{self, request::Op};
 use crate::records::{self, conversation_log, ConvKind, Role, StoredEntry};
@@ -51,7 +51,6 @@ impl Namespace for Handler {
     fn publish(&self, _broker: &Arc<Broker>, p: Inbound) {
         let chat = &self.0;
         let topic = p.message.topic.as_str();
-        let admin = is_admin(&p.client);
         let device = device_of(&p.client).map(|(u, d)| (u.to_owned(), d.to_owned()));
         if let (Some((u, d)), topics::TYPING | topics::CALL) = (&device, topic) {
             // Ephemeral: answered at once, nothing to make durable.
@@ -65,45 +64,47 @@ impl Namespace for Handler {
             };
             match r {
                 Ok(()) => p.ack.accept(),
-                Err(e) => p.ack.answer(e.reply()),
+                Err(e) => {
+                    chat.metrics.refusal(&e);
+                    p.ack.answer(e.reply())
+                }
             }
             return;
         }
-        let outcome = match (&device, admin, topic) {
-            (None, true, topics::ADMIN) => chat.admin(&p.message.payload),
-            (Some((u, d)), _, topics::SEND) if scope_of(&p.client) == Scope::Device => {
-                chat.send(u, d, &p.message.payload)
+        let sent = match (&device, topic) {
+            (Some((u, d)), topics::SEND) if scope_of(&p.client) == Scope::Device => {
+                Some(chat.send(u, d, &p.message.payload))
             }
-            (Some((u, d)), _, topics::REQUEST) => {
-                chat.request(u, d, scope_of(&p.client), &p.message.payload)
+            (Some((u, d)), topics::REQUEST) => {
+                Some(chat.request(u, d, scope_of(&p.client), &p.message.payload))
             }
-            (Some(_), _, topics::SEND) => Err(ChatError::NotAllowed(
+            (Some(_), topics::SEND) => Some(Err(ChatError::NotAllowed(
                 "a refresh-token or peek connection may not send messages".into(),
-            )),
-            _ => {
-                chat.metrics.inc(&chat.metrics.acl_refused, 1);
-                tracing::info!(client_id = %p.client.client_id, topic, "chat: publish to a topic this client may not write");
-                // Another device's inbox is not allowed; anything else is
-                // not a topic of the protocol.
-                let code = if device.is_none() || topic.starts_with("c/in/") {
-                    AckCode::NotAuthorized
-                } else {
-                    AckCode::TopicNameInvalid
-                };
-                p.ack.answer(Reply::refuse(
-                    code,
-                    "not a topic this client may publish to",
-                ));
-                return;
-            }
+            ))),
+            _ => None,
         };
-        let (user, device) = device.unwrap_or_else(|| (topics::ADMIN_USER.into(), String::new()));
+        let (Some(outcome), Some((user, device))) = (sent, device.clone()) else {
+            chat.metrics.inc(&chat.metrics.acl_refused, 1);
+            tracing::info!(client_id = %p.client.client_id, topic, "chat: publish to a topic this client may not write");
+            // Another device's inbox is not allowed; anything else is not
+            // a topic of the protocol.
+            let code = if device.is_none() || topic.starts_with("c/in/") {
+                AckCode::NotAuthorized
+            } else {
+                AckCode::TopicNameInvalid
+            };
+            p.ack.answer(Reply::refuse(
+                code,
+                "not a topic this client may publish to",
+            ));
+            return;
+        };
         let chat = chat.clone();
         tokio::spawn(async move {
             let (mut reply, response, woken) = match outcome {
                 Ok(done) => (done.reply, done.response, done.woken),
                 Err(e) => {
-                    chat.metrics.inc(&chat.metrics.refused, 1);
+                    chat.metrics.refusal(&e);
                     tracing::debug!(user, device, "chat: refused: {e}");
                     (e.reply(), Some(error_response(&e)), Vec::new())
                 }
@@ -588,7 +589,7 @@ impl Chat {
 
     /// Revokes `user`'s `device` (its tokens, refresh token included, are
     /// refused from now on) and disconnects it.
-    fn revoke(&self, user: &str, device: &str, by: &str) -> Result<(), ChatError> {
+    pub(crate) fn revoke(&self, user: &str, device: &str, by: &str) -> Result<(), ChatError> {
         let rec = records::DirRecord::DeviceRevoked {
             user: user.to_owned(),
             device: device.to_owned(),
@@ -601,91 +602,6 @@ impl Chat {
         self.broker()?.disconnect(&topics::client_id(user, device));
         tracing::info!(user, device, by, "chat: device revoked");
         Ok(())
-    }
-
-    /// An administrator's request.
-    fn admin(&self, payload: &[u8]) -> Result<Done, ChatError> {
-        use proto::admin_request::Op as A;
-        use proto::response::Result as R;
-        let r = proto::AdminRequest::decode(payload)
-            .map_err(|e| ChatError::BadRequest(format!("AdminRequest: {e}")))?;
-        let op =
-            r.op.ok_or_else(|| ChatError::BadRequest("no operation".into()))?;
-        self.metrics.inc(&self.metrics.requests, 1);
-        match op {
-            A::MintToken(m) => {
-                if !topics::valid_id(&m.user) || !topics::valid_id(&m.device) {
-                    return Err(ChatError::BadRequest("invalid user or device id".into()));
-                }
-                let now = courier::message::unix_now();
-                let ttl = match m.ttl_secs {
-                    0 => self.config.tokens.mint_ttl_secs,
-                    t => t,
-                };
-                let access_token = self
-                    .tokens
-                    .mint(&m.user, &m.device, now, ttl)
-                    .map_err(|e| ChatError::NotAllowed(e.to_string()))?;
-                Ok(Done::answer(R::Token(proto::Token {
-                    access_token,
-                    expires_at: now + ttl,
-                    refresh_token: String::new(),
-                })))
-            }
-            A::SetUserDisabled(u) => {
-                let devices: Vec<String> = {
-                    let mut d = self.dir.lock();
-                    let Some(user) = d.users.get(&u.user) else {
-                        return Err(ChatError::UnknownUser(u.user));
-                    };
-                    let devices = user.devices.keys().cloned().collect();
-                    let rec = records::DirRecord::UserDisabled {
-                        user: u.user.clone(),
-                        disabled: u.disabled,
-                    };
-                    self.dir_append(std::slice::from_ref(&rec))?;
-                    d.apply(&rec);
-                    devices
-                };
-                if u.disabled {
-                    let broker = self.broker()?;
-                    for dev in devices {
-                        broker.disconnect(&topics::client_id(&u.user, &dev));
-                    }
-                }
-                tracing::info!(
-                    user = u.user,
-                    disabled = u.disabled,
-                    "chat: user disabled or enabled by an administrator"
-                );
-                Ok(Done::ok())
-            }
-            A::ListUsers(_) => {
-                let broker = self.broker()?;
-                let d = self.dir.lock();
-                let mut users: Vec<proto::UserInfo> = d
-                    .users
-                    .iter()
-                    .map(|(id, u)| proto::UserInfo {
-                        id: id.clone(),
-                        disabled: u.disabled,
-                        devices: devices_of(&broker, id, u),
-                    })
-                    .collect();
-                users.sort_by(|a, b| a.id.cmp(&b.id));
-                Ok(Done::answer(R::Users(proto::Users { users })))
-            }
-            A::RevokeUserDevice(r) => {
-                if self.dir.lock().device(&r.user, &r.device).is_none() {
-                    return Err(ChatError::BadRequest(format!(
-                        "no device {:?} of {:?}",
-                        r.device, r.user
-                    )));
-                }
-                self.revoke(&r.user, &r.device, topics::ADMIN_USER)?;
-                Ok(Done::ok())
-            }
-        }
     }
 
     pub(crate) fn info_done(
@@ -777,15 +693,8 @@ impl Chat {
         let down = proto::Down {
             kind: Some(proto::down::Kind::Response(response)),
         };
-        // A device's answers come on its inbox, whatever it named; an
-        // administrator's on the topic it named.
-        let topic = if user == topics::ADMIN_USER {
-            props
-                .and_then(|x| x.response_topic.clone())
-                .unwrap_or_default()
-        } else {
-            topics::inbox(user, device)
-        };
+        // A device's answers come on its inbox, whatever it named.
+        let topic = topics::inbox(user, device);
         let msg = Message {
             topic,
             payload: Bytes::from(down.encode_to_vec()),
@@ -807,9 +716,9 @@ impl Chat {
 impl Chat {
     /// Counts an action against its rate limits, or refuses it (counted).
     pub(crate) fn limited(&self, a: Action, user: &str, device: &str) -> Result<(), ChatError> {
-        self.limits.check(a, user, device).inspect_err(|_| {
-            self.metrics.inc(&self.metrics.rate_limited, 1);
-        })
+        self.limits
+            .check(a, user, device)
+            .inspect_err(|_| self.metrics.limit_hit(a))
     }
 
     /// Up to `limit` inbox entries of `user`'s `device` after its saved

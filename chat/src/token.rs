@@ -5,7 +5,6 @@
 //! crypto library (aws-lc, RustCrypto) enters the build.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::ErrorKind;
@@ -31,10 +30,6 @@ pub struct Claims {
     /// Audience, if the issuer named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
-    /// An administrator's token (`courier admin`), minted only by the
-    /// broker's own secret.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub adm: bool,
 }
 
 /// Why a token was refused.
@@ -198,22 +193,10 @@ impl Tokens {
         now: u64,
         ttl_secs: u64,
     ) -> Result<String, TokenError> {
-        self.sign(user, device, now, ttl_secs, false)
+        self.sign(user, device, now, ttl_secs)
     }
 
-    /// An administrator's token for `courier admin`, valid `ttl_secs`.
-    pub fn mint_admin(&self, name: &str, now: u64, ttl_secs: u64) -> Result<String, TokenError> {
-        self.sign(crate::topics::ADMIN_USER, name, now, ttl_secs, true)
-    }
-
-    fn sign(
-        &self,
-        sub: &str,
-        dev: &str,
-        now: u64,
-        ttl_secs: u64,
-        adm: bool,
-    ) -> Result<String, TokenError> {
+    fn sign(&self, sub: &str, dev: &str, now: u64, ttl_secs: u64) -> Result<String, TokenError> {
         let (kid, key, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(kid.clone());
@@ -223,48 +206,9 @@ impl Tokens {
             exp: now + ttl_secs,
             iat: now,
             aud: self.audience.clone(),
-            adm,
         };
         jsonwebtoken::encode(&header, &claims, key).map_err(|e| TokenError::Invalid(e.to_string()))
     }
-
-    /// Checks an administrator's token: valid, and signed by the broker's
-    /// own secret (an app's issuer cannot make administrators).
-    pub fn verify_admin(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
-        let (kid, _, _) = self.minting.as_ref().ok_or(TokenError::NoSecret)?;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        if header.kid.as_deref() != Some(kid.as_str()) {
-            return Err(TokenError::UnknownKey(header.kid));
-        }
-        let c = self.verify(token, now)?;
-        if !c.adm || c.sub != crate::topics::ADMIN_USER {
-            return Err(TokenError::Invalid("not an administrator's token".into()));
-        }
-        Ok(c)
-    }
-}
-
-/// Reads the broker's signing secret from `path`, creating it (32 random
-/// bytes, hex, readable by the owner only) if it does not exist.
-pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => return Ok(s.trim().as_bytes().to_vec()),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        Err(_) => {}
-    }
-    let mut raw = [0u8; 32];
-    rand::SecureRandom::fill(&rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| std::io::Error::other("no randomness"))?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    std::io::Write::write_all(&mut f, hex.as_bytes())?;
-    f.sync_all()?;
-    Ok(hex.into_bytes())
 }
 
 // ---- ring as jsonwebtoken's crypto provider (HS256, ES256, EdDSA) ----
@@ -497,7 +441,6 @@ mod tests {
                 exp: 2000,
                 iat: 1000,
                 aud: None,
-                adm: false,
             };
             jsonwebtoken::encode(&h, &c, &EncodingKey::from_secret(secret).unwrap()).unwrap()
         };

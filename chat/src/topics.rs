@@ -11,12 +11,9 @@ pub const REQUEST: &str = "c/r";
 pub const TYPING: &str = "c/t";
 /// Where devices publish `CallSignal`.
 pub const CALL: &str = "c/k";
-/// Where `courier admin` publishes `AdminRequest`.
-pub const ADMIN: &str = "c/admin";
-/// The user an administrator's connection is (not a valid user id).
+/// Who an administrator's changes are from, in entries (not a valid
+/// user id).
 pub const ADMIN_USER: &str = "$admin";
-/// Client ids of administrators' connections start with this.
-pub const ADMIN_CLIENT_PREFIX: &str = "$admin:";
 /// Refresh tokens start with this (access tokens are JWTs, `eyJ...`).
 pub const REFRESH_PREFIX: &str = "rt1.";
 

@@ -24,7 +24,6 @@ fn claims(sub: &str, dev: &str, exp: u64, aud: Option<&str>) -> courier_chat::Cl
         exp,
         iat: now(),
         aud: aud.map(Into::into),
-        adm: false,
     }
 }
 

@@ -93,6 +93,29 @@ async fn presence_goes_offline_after_the_grace_period_and_last_seen_can_be_hidde
 }
 
 #[tokio::test]
+async fn last_seen_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = quick(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let bob = Phone::connect(&s, "bob", "phone").await;
+    alice.send_text(To::User("bob"), "1", "hi").await.unwrap();
+    watch(&mut alice, &["bob"]).await;
+    bob.leave().await;
+    let gone = change(&mut alice).await;
+    let seen = gone[0].last_seen_ms;
+    assert!(!gone[0].online && seen > 0, "{gone:?}");
+    drop(alice);
+    s.stop().await;
+
+    let s = quick(dir.path()).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let now = watch(&mut alice, &["bob"]).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!((now[0].online, now[0].last_seen_ms), (false, seen));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_blocked_user_sees_no_presence() {
     let dir = tempfile::tempdir().unwrap();
     let s = quick(dir.path()).await;

@@ -60,6 +60,26 @@ pub enum BrokerError {
     Thread(#[from] std::io::Error),
 }
 
+/// A session, for operators ([`Broker::sessions_info`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    /// Its client id.
+    pub client_id: String,
+    /// The username of the connection that last attached.
+    pub username: Option<String>,
+    /// A connection is attached.
+    pub online: bool,
+    /// Its session expiry interval (seconds; 0: ends with the connection).
+    pub expiry_secs: u32,
+    /// Number of subscriptions.
+    pub subscriptions: usize,
+    /// Deliveries waiting (in memory or on disk; at most, for a queue on
+    /// disk since a restart).
+    pub queued: usize,
+    /// Deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+}
+
 /// The broker.
 pub struct Broker {
     pub(crate) config: Config,
@@ -365,6 +385,33 @@ impl Broker {
     /// Number of sessions (online and offline).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
+    }
+
+    /// Every session as an operator sees it, by client id.
+    pub fn sessions_info(&self) -> Vec<SessionInfo> {
+        let handles: Vec<SessionRef> = self.sessions.lock().values().cloned().collect();
+        let mut v: Vec<SessionInfo> = handles
+            .iter()
+            .map(|h| {
+                let s = h.state.lock();
+                SessionInfo {
+                    client_id: h.client_id.to_string(),
+                    username: s.username.as_deref().map(str::to_owned),
+                    online: s.online,
+                    expiry_secs: s.expiry_secs,
+                    subscriptions: s.subscriptions.len(),
+                    queued: s.queued() + if s.unloaded { s.unloaded_len } else { 0 },
+                    inflight: s.inflight_len(),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// The store's commit latencies (seconds), for `/metrics`.
+    pub fn commit_latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commit.latency().clone()
     }
 
     /// Asks every connection to close and stops accepting; returns once the
