@@ -136,6 +136,7 @@ pub(crate) async fn start(
         .route("/v1/status", get(status))
         .route("/v1/sessions", get(sessions))
         .route("/v1/sessions/{client_id}/kick", post(kick))
+        .route("/v1/store/shred", post(shred))
         .with_state(Core {
             broker: Arc::downgrade(broker),
             registry: Arc::new(registry),
@@ -250,6 +251,20 @@ async fn kick(
     }
     tracing::info!(client_id, "connection closed by an administrator");
     Ok(Json(serde_json::json!({ "kicked": client_id })))
+}
+
+async fn shred(State(c): State<Core>) -> Result<Json<serde_json::Value>, ApiError> {
+    let b = c.broker()?;
+    match b.shred().await {
+        Ok(Some(s)) => Ok(Json(serde_json::json!({
+            "shredded": true,
+            "took_ms": s.took.as_millis() as u64,
+            "bytes_before": s.bytes_before,
+            "bytes_after": s.bytes_after,
+        }))),
+        Ok(None) => Ok(Json(serde_json::json!({ "shredded": false }))),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
 }
 
 /// The broker's counters and gauges, read at each scrape.

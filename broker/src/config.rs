@@ -56,6 +56,10 @@ pub struct Config {
     pub staging_records: usize,
     /// Bytes of staged appends that also start a move.
     pub staging_bytes: usize,
+    /// How often erased records are shredded from the store file, if any
+    /// were erased meanwhile (seconds; 0: never). Bounds how long an
+    /// erased record's bytes can stay on disk.
+    pub shred_interval_secs: u64,
     /// Protocol and resource limits.
     pub limits: Limits,
     /// Authentication.
@@ -127,6 +131,7 @@ impl Default for Config {
             commit_retry_secs: 30,
             staging_records: 8192,
             staging_bytes: 8 << 20,
+            shred_interval_secs: 3600,
             limits: Limits::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),

@@ -53,6 +53,7 @@ mod config_hooks;
 mod data_dir;
 mod keepalive;
 mod listener;
+mod shred;
 mod staging;
 mod sys;
 mod timers;

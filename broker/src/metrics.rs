@@ -73,6 +73,10 @@ counters! {
     accept_errors,
     /// Admin API requests refused for a missing or wrong key.
     admin_refused,
+    /// Shreds of erased records from the store file.
+    shreds,
+    /// Time store access was paused by shreds, milliseconds.
+    shred_pause_ms,
 }
 
 impl Metrics {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::{RwLock, RwLockReadGuard};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::data_dir;
@@ -21,7 +22,8 @@ use crate::message::Message;
 pub use crate::staging::StagingLimits;
 use crate::staging::{Staged, StagedRef, Staging};
 use crate::store::{
-    LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Store, StoreError, StoreResult, Write,
+    LogId, LogMarks, LogRecord, QueueRecord, SessionRecord, Shredded, Store, StoreError,
+    StoreResult, Write,
 };
 
 /// The data directory's format marker for this layout.
@@ -82,7 +84,12 @@ const REMOVED: u8 = 2;
 
 /// The embedded store.
 pub struct RedbStore {
-    db: Database,
+    /// Every transaction runs under the read lock; shredding (a
+    /// compaction, which wants no transaction open) takes the write lock.
+    db: RwLock<Database>,
+    /// Records erased or trimmed since the last shred: their bytes may
+    /// still be in free pages of the file.
+    dirty: AtomicU64,
     /// The next id to hand out.
     next_id: AtomicU64,
     /// `IDS_BELOW` as last committed.
@@ -92,6 +99,8 @@ pub struct RedbStore {
     failed: AtomicBool,
     /// `NSTAGE` as committed, in memory.
     staging: Staging,
+    /// The database file.
+    file: std::path::PathBuf,
 }
 
 fn io<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -154,7 +163,9 @@ impl RedbStore {
         let staging = Staging::new(limits);
         staging.load(Self::staged(&db)?);
         Ok(Arc::new(RedbStore {
-            db,
+            db: RwLock::new(db),
+            dirty: AtomicU64::new(0),
+            file,
             next_id: AtomicU64::new(below),
             ids_committed: AtomicU64::new(below),
             failed: AtomicBool::new(false),
@@ -287,12 +298,15 @@ impl RedbStore {
         Ok(db)
     }
 
-    fn read_tx(&self) -> StoreResult<redb::ReadTransaction> {
-        self.db.begin_read().map_err(io)
+    fn read_tx(&self) -> StoreResult<Reader<'_>> {
+        let db = self.db.read();
+        let tx = db.begin_read().map_err(io)?;
+        Ok(Reader { tx, _db: db })
     }
 
     fn apply(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()> {
-        let tx = self.db.begin_write().map_err(io)?;
+        let db = self.db.read();
+        let tx = db.begin_write().map_err(io)?;
         let mut step = self.staging.step();
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(io)?;
@@ -427,6 +441,7 @@ impl RedbStore {
                         }
                     }
                     Write::LogTrim { log, upto } => {
+                        self.dirty.fetch_add(1, Ordering::Relaxed);
                         let upto = *upto;
                         // Its staged records join the log first, so the
                         // trim sees all of it.
@@ -435,6 +450,7 @@ impl RedbStore {
                         named.trim(log, upto)?;
                     }
                     Write::LogErase { log, seq } => {
+                        self.dirty.fetch_add(1, Ordering::Relaxed);
                         // As for a trim: the record is in its log first.
                         self.staging
                             .move_log(log, &mut step, |all| named.move_in(all, false))?;
@@ -583,6 +599,21 @@ impl Named<'_, '_> {
     }
 }
 
+/// A read transaction, with the lock that keeps a shred from starting
+/// while it is open (`tx` is dropped first: fields drop in order).
+struct Reader<'a> {
+    tx: redb::ReadTransaction,
+    _db: RwLockReadGuard<'a, Database>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = redb::ReadTransaction;
+
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.tx
+    }
+}
+
 /// An `NLOGS` batch's bytes.
 fn encode_batch(records: &[&LogRecord]) -> StoreResult<Vec<u8>> {
     let rows: Vec<(u64, &Option<String>, u64, &bytes::Bytes)> = records
@@ -675,6 +706,30 @@ fn change_refs(
 }
 
 impl Store for RedbStore {
+    /// Compacts the file (redb's `compact`, which moves every live page
+    /// down over the free ones and truncates the rest): afterwards, no
+    /// byte of an erased record is left in it (tested).
+    fn shred(&self) -> StoreResult<Option<Shredded>> {
+        let mut db = self.db.write();
+        if self.dirty.swap(0, Ordering::AcqRel) == 0 {
+            return Ok(None);
+        }
+        let size = || std::fs::metadata(&self.file).map_or(0, |m| m.len());
+        let bytes_before = size();
+        let started = std::time::Instant::now();
+        // Each pass moves what it can; a few are enough.
+        for _ in 0..8 {
+            if !db.compact().map_err(io)? {
+                break;
+            }
+        }
+        Ok(Some(Shredded {
+            took: started.elapsed(),
+            bytes_before,
+            bytes_after: size(),
+        }))
+    }
+
     fn commit(&self, writes: &mut dyn Iterator<Item = &Write>) -> StoreResult<()> {
         if self.failed.load(Ordering::Acquire) {
             return Err(StoreError::Io(
@@ -1136,7 +1191,7 @@ mod tests {
                 check(&s, &last, &trimmed);
             }
         }
-        let staged = RedbStore::staged(&s.db).unwrap().len();
+        let staged = RedbStore::staged(&s.db.read()).unwrap().len();
         assert!(
             staged > 0 && staged <= 8192 + 700,
             "moves happened: {staged} staged"
@@ -1149,7 +1204,7 @@ mod tests {
         let data = dir.path().join("data");
         {
             let s = RedbStore::open(&data).unwrap();
-            let tx = s.db.begin_write().unwrap();
+            let tx = s.db.read().begin_write().unwrap();
             tx.open_table(NLOGS)
                 .unwrap()
                 .insert(
@@ -1182,5 +1237,95 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(e.contains("cannot open"), "{e}");
+    }
+
+    /// How often `marker` occurs in the store's file.
+    fn in_file(data: &Path, marker: &[u8]) -> usize {
+        let bytes = std::fs::read(data.join(DB_FILE)).unwrap();
+        bytes.windows(marker.len()).filter(|w| *w == marker).count()
+    }
+
+    #[test]
+    fn a_shred_leaves_no_byte_of_an_erased_record_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let s = RedbStore::open_with(
+            &data,
+            StagingLimits {
+                records: 512,
+                bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.shred().unwrap(), None, "nothing erased yet");
+        // 4,000 records in 40 commits (some moved out of staging, some
+        // not); every fourth is erased.
+        let mut seq = 0;
+        for round in 0..40 {
+            let recs = (0..100)
+                .map(|i| {
+                    seq += 1;
+                    let tag = if seq % 4 == 1 { "GONE" } else { "KEPT" };
+                    LogRecord {
+                        seq,
+                        id: None,
+                        time_ms: 1,
+                        data: format!("{tag}:{round}:{i}:{}", "x".repeat(200)).into(),
+                    }
+                })
+                .collect();
+            commit(
+                &s,
+                vec![Write::LogAppend {
+                    log: "c/a".into(),
+                    records: recs,
+                }],
+            );
+        }
+        let erase = (1..=seq)
+            .filter(|s| s % 4 == 1)
+            .map(|seq| Write::LogErase {
+                log: "c/a".into(),
+                seq,
+            })
+            .collect();
+        commit(&s, erase);
+        for _ in 0..3 {
+            commit(&s, vec![]);
+        }
+        // Unreadable, but (without a shred) still in free pages.
+        assert_eq!(s.log_read("c/a", 0, 10_000).unwrap().len(), 3000);
+        assert!(in_file(&data, b"GONE:") > 0, "the case a shred is for");
+
+        let done = s.shred().unwrap().expect("something to shred");
+        assert_eq!(in_file(&data, b"GONE:"), 0);
+        assert!(done.bytes_after <= done.bytes_before);
+        // What was kept reads the same, also after a reopen.
+        let check = |s: &RedbStore| {
+            let all = s.log_read("c/a", 0, 10_000).unwrap();
+            assert_eq!(all.len(), 3000);
+            assert!(all
+                .iter()
+                .all(|r| r.seq % 4 != 1 && r.data.starts_with(b"KEPT:")));
+        };
+        check(&s);
+        assert_eq!(s.shred().unwrap(), None, "nothing erased since");
+        commit(
+            &s,
+            vec![Write::LogAppend {
+                log: "c/a".into(),
+                records: vec![LogRecord {
+                    seq: seq + 1,
+                    id: None,
+                    time_ms: 1,
+                    data: bytes::Bytes::from_static(b"after"),
+                }],
+            }],
+        );
+        drop(s);
+        let s = RedbStore::open(&data).unwrap();
+        assert_eq!(s.log_last("c/a").unwrap(), seq + 1);
+        let all = s.log_read("c/a", 0, 10_000).unwrap();
+        assert_eq!(all.len(), 3001);
     }
 }

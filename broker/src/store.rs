@@ -306,4 +306,24 @@ pub trait Store: Send + Sync {
     fn log_seq_of(&self, log: &str, id: &str) -> StoreResult<Option<u64>>;
     /// The cursors of `log`, by consumer name.
     fn log_cursors(&self, log: &str) -> StoreResult<Vec<(String, u64)>>;
+
+    /// Makes the bytes of records erased or trimmed so far unrecoverable
+    /// from the store's files, if any were since the last time. The
+    /// embedded store compacts its file, pausing every other store access
+    /// meanwhile (docs/DURABILITY.md). `None`: nothing to do, or a backend
+    /// that needs nothing done.
+    fn shred(&self) -> StoreResult<Option<Shredded>> {
+        Ok(None)
+    }
+}
+
+/// What a [`Store::shred`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shredded {
+    /// How long other store access was paused.
+    pub took: std::time::Duration,
+    /// The store file's size before and after.
+    pub bytes_before: u64,
+    /// The size after.
+    pub bytes_after: u64,
 }

@@ -94,6 +94,15 @@ async fn sessions_show_queue_depths_and_a_connection_can_be_closed() {
         StatusCode::NOT_FOUND,
         "not connected"
     );
+    // Nothing erased: nothing to shred.
+    let shred = reqwest::Client::new()
+        .post(format!("{base}/v1/store/shred"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shred.status(), StatusCode::OK);
+    assert_eq!(shred.text().await.unwrap(), r#"{"shredded":false}"#);
 }
 
 #[tokio::test]

@@ -431,6 +431,19 @@ async fn every_admin_call_works() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // A shred takes what was erased out of the store file.
+    let shred = a.ok(Method::POST, "/v1/store/shred", None).await;
+    assert_eq!(shred["shredded"], true, "{shred}");
+    let file = std::fs::read(dir.path().join("data/courier.redb")).unwrap();
+    for said in ["secret plan", "while bob is away", "hello bob"] {
+        assert!(
+            !file.windows(said.len()).any(|w| w == said.as_bytes()),
+            "{said:?} is still in the store file"
+        );
+    }
+    let again = a.ok(Method::POST, "/v1/store/shred", None).await;
+    assert_eq!(again["shredded"], false, "{again}");
+
     // The deletions and the refresh revocation outlive a restart.
     drop((alice, carol));
     s.stop().await;

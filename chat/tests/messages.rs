@@ -372,6 +372,60 @@ async fn delete_for_everyone_erases_the_message_everywhere_and_delete_for_me_sta
     s.stop().await;
 }
 
+/// How often `marker` occurs in the store's file.
+fn in_store_file(dir: &std::path::Path, marker: &[u8]) -> usize {
+    let bytes = std::fs::read(dir.join("data/courier.redb")).unwrap();
+    bytes.windows(marker.len()).filter(|w| *w == marker).count()
+}
+
+#[tokio::test]
+async fn a_message_deleted_for_everyone_leaves_the_store_file_within_the_shred_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ChatServer::with(dir.path(), |config, _| config.shred_interval_secs = 1).await;
+    let mut alice = Phone::connect(&s, "alice", "phone").await;
+    let _bob = Phone::connect(&s, "bob", "phone").await;
+    let marker = "launch code 7f3a9c41d2";
+    let (secret, conv) = alice.send_text(To::User("bob"), "1", marker).await.unwrap();
+    let conv = conv.unwrap();
+    // Acknowledged means on disk.
+    assert!(in_store_file(dir.path(), marker.as_bytes()) > 0);
+    let shreds = s
+        .running
+        .server
+        .broker
+        .metrics
+        .shreds
+        .load(std::sync::atomic::Ordering::Relaxed);
+    alice
+        .send_raw(send(&conv, "2", delete(secret, true)))
+        .await
+        .unwrap();
+    // The next shred after the delete takes it out of the file.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s
+        .running
+        .server
+        .broker
+        .metrics
+        .shreds
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == shreds
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no shred within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(in_store_file(dir.path(), marker.as_bytes()), 0);
+    // The conversation goes on.
+    alice
+        .send_text(To::Conversation(&conv), "3", "next")
+        .await
+        .unwrap();
+    s.stop().await;
+}
+
 /// Publishes `sends` back to back, before any is acknowledged (so they
 /// share a commit window), then collects their PUBACKs: each one's seq,
 /// or its error name.

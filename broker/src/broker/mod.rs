@@ -83,7 +83,7 @@ pub struct SessionInfo {
 /// The broker.
 pub struct Broker {
     pub(crate) config: Config,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     commit: Arc<GroupCommit>,
     router: RwLock<Router<SessionRef>>,
     sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
@@ -198,6 +198,12 @@ impl Broker {
         });
         if broker.config.sys.interval_secs > 0 {
             crate::sys::spawn(Arc::downgrade(&broker));
+        }
+        // After the restore: a shred waits for every open read, and the
+        // restore's reads nest.
+        if broker.config.shred_interval_secs > 0 {
+            let every = Duration::from_secs(broker.config.shred_interval_secs);
+            crate::shred::spawn(Arc::downgrade(&broker), every);
         }
         if broker.config.durability == Durability::Periodic {
             let b = Arc::downgrade(&broker);
@@ -455,7 +461,7 @@ impl Broker {
         self.shutdown.subscribe()
     }
 
-    fn store_error(&self, e: &StoreError) {
+    pub(crate) fn store_error(&self, e: &StoreError) {
         Metrics::inc(&self.metrics.store_errors);
         tracing::error!(error = %e, "store write failed");
     }
