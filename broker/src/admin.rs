@@ -284,8 +284,9 @@ impl Collector for CoreMetrics {
                 continue;
             }
             // The encoder adds `_total` to counters.
+            let help = crate::metrics::help(name);
             let name = format!("courier_{}", name.strip_suffix("_total").unwrap_or(name));
-            counter(&mut enc, &name, crate::metrics::help(name_of(&name)), value)?;
+            counter(&mut enc, &name, help, value)?;
         }
         let sessions = b.sessions_info();
         let online = sessions.iter().filter(|s| s.online).count();
@@ -335,10 +336,6 @@ impl Collector for CoreMetrics {
             self.started.elapsed().as_secs() as i64,
         )
     }
-}
-
-fn name_of(prefixed: &str) -> &str {
-    prefixed.strip_prefix("courier_").unwrap_or(prefixed)
 }
 
 /// Encodes one counter.

@@ -234,6 +234,12 @@ impl PasswordFile {
 /// (32 random bytes, hex, readable by the owner only) if it does not exist.
 pub fn load_or_create_secret(path: &Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() < 16 => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "holds fewer than 16 characters: too short for a secret",
+            ))
+        }
         Ok(s) => return Ok(s.trim().as_bytes().to_vec()),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}

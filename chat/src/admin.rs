@@ -21,6 +21,8 @@ use crate::{inbox, topics, Chat};
 
 /// Most conversations one page lists.
 const MAX_PAGE: usize = 1000;
+/// Longest lifetime of a minted token (a year).
+const MAX_TTL_SECS: u64 = 366 * 24 * 3600;
 
 /// The routes, for [`courier::admin::Extension::routes`].
 pub(crate) fn routes(chat: Arc<Chat>) -> Router {
@@ -219,6 +221,10 @@ async fn revoke_refresh(
         d.apply(&rec);
     }
     durable(&chat).await?;
+    // A connection made with the old refresh token goes too.
+    if let Ok(b) = chat.broker() {
+        b.disconnect(&topics::client_id(&user, &device));
+    }
     tracing::info!(
         user,
         device,
@@ -257,8 +263,10 @@ async fn mint(
     }
     let now = courier::message::unix_now();
     let ttl = m.ttl_secs.unwrap_or(chat.config.tokens.mint_ttl_secs);
-    if ttl == 0 {
-        return Err(ApiError::bad_request("ttl_secs must be above 0"));
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs must be 1 to {MAX_TTL_SECS}"
+        )));
     }
     let access_token = chat
         .tokens
@@ -478,27 +486,27 @@ impl Chat {
         let broker = self.broker()?;
         let logs = broker.logs();
         let log = conversation_log(id);
-        let mut d = self.dir.lock();
-        let c = d
-            .conversations
-            .get(id)
-            .ok_or(ChatError::UnknownConversation)?;
-        if logs.last_committed(&log)? < c.last_seq {
+        let last = {
+            let d = self.dir.lock();
+            let c = d
+                .conversations
+                .get(id)
+                .ok_or(ChatError::UnknownConversation)?;
+            c.last_seq
+        };
+        if logs.last_committed(&log)? < last {
             return Ok(None);
         }
-        let (kind, members, last) = (
-            c.kind,
-            c.members.keys().cloned().collect::<Vec<_>>(),
-            c.last_seq,
-        );
-        let mut erased = 0;
+        // Committed entries change only by erasure: read without the
+        // directory lock, so sends elsewhere go on meanwhile.
+        let mut erased = Vec::new();
         let mut from = 1;
         while from <= last {
             let page = logs.read(&log, from, 512)?;
             let Some(end) = page.last().map(|r| r.seq) else {
                 break;
             };
-            for r in page {
+            for r in page.iter().filter(|r| r.seq <= last) {
                 let Some(e) = records::decode::<StoredEntry>(&r.data) else {
                     continue;
                 };
@@ -507,12 +515,21 @@ impl Chat {
                     e.kind,
                     K::Content { .. } | K::Message(_) | K::Edit { .. } | K::Reaction { .. }
                 ) {
-                    self.erase(logs, id, r.seq);
-                    erased += 1;
+                    // Reads leave it out from the next commit, which the
+                    // caller waits for before answering.
+                    logs.erase(&log, r.seq);
+                    erased.push(r.seq);
                 }
             }
             from = end + 1;
         }
+        let mut d = self.dir.lock();
+        let c = d
+            .conversations
+            .get(id)
+            .ok_or(ChatError::UnknownConversation)?;
+        let (kind, members) = (c.kind, c.members.keys().cloned().collect::<Vec<_>>());
+        let told = members.clone();
         let mut woken = Vec::new();
         if kind == ConvKind::Group && !members.is_empty() {
             self.change(
@@ -525,12 +542,22 @@ impl Chat {
             )?;
             woken = members;
         }
+        drop(d);
+        let n = erased.len() as u64;
+        if !erased.is_empty() {
+            // Online devices drop what they hold of them.
+            let _ = self.events.send(crate::delivery::Event::Expired {
+                conversation: id.to_owned(),
+                seqs: erased,
+                to: Some(told),
+            });
+        }
         tracing::info!(
             conversation = id,
-            erased,
+            erased = n,
             "chat: conversation deleted by an administrator"
         );
-        Ok(Some((erased, woken)))
+        Ok(Some((n, woken)))
     }
 }
 
@@ -547,6 +574,24 @@ impl Collector for ChatMetrics {
             counter(&mut enc, &format!("courier_chat_{name}"), help, value)?;
         }
         chat.metrics.encode_labelled(&mut enc)?;
+        if let Some(pm) = chat.push_metrics() {
+            use prometheus_client::encoding::EncodeMetric;
+            for (name, help, value) in pm.snapshot() {
+                let name = format!("courier_push_{name}");
+                if name == "courier_push_pending" {
+                    gauge(&mut enc, &name, help, value as i64)?;
+                } else {
+                    counter(&mut enc, &name, help, value)?;
+                }
+            }
+            let m = enc.encode_descriptor(
+                "courier_push_send_seconds",
+                "Time from a push's send to the provider's answer",
+                None,
+                pm.latency.metric_type(),
+            )?;
+            pm.latency.encode(m)?;
+        }
         let (users, devices, conversations) = {
             let d = chat.dir.lock();
             let devices = d.users.values().map(|u| u.devices.len()).sum::<usize>();

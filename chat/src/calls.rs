@@ -116,6 +116,7 @@ impl Chat {
             let mut out = relay(Signal::Ring(ring));
             out.conversation = s.conversation.clone();
             self.to_devices_of(&callee, None, &out);
+            self.push_ring(&callee, &s.call_id, &s.conversation, video);
             return Ok(());
         }
         // Every other signal belongs to a call this device is in.
@@ -145,12 +146,14 @@ impl Chat {
                 drop(calls);
                 self.to_device(&caller.0, &caller.1, &relay(Signal::Answer(sdp)));
                 self.to_devices_of(&callee, Some(device), &relay(stop(Reason::Answered)));
+                self.push_ring_ended(&s.call_id);
             }
             Signal::Decline(_) if is_callee && call.answered.is_none() => {
                 calls.remove(&s.call_id);
                 drop(calls);
                 self.to_device(&caller.0, &caller.1, &relay(stop(Reason::Declined)));
                 self.to_devices_of(&callee, Some(device), &relay(stop(Reason::Declined)));
+                self.push_ring_ended(&s.call_id);
             }
             Signal::Hangup(_) => {
                 let ringing = call.answered.is_none();
@@ -160,7 +163,8 @@ impl Chat {
                     Some((u, d)) => self.to_device(&u, &d, &relay(stop(Reason::HungUp))),
                     // The caller gave up before an answer: stop the ringing.
                     None if ringing => {
-                        self.to_devices_of(&callee, None, &relay(stop(Reason::HungUp)))
+                        self.to_devices_of(&callee, None, &relay(stop(Reason::HungUp)));
+                        self.push_ring_ended(&s.call_id);
                     }
                     None => {}
                 }
@@ -193,6 +197,7 @@ impl Chat {
             };
             self.to_device(&call.caller.0, &call.caller.1, &relay);
             self.to_devices_of(&call.callee, None, &relay);
+            self.push_ring_ended(&id);
             let mut d = self.dir.lock();
             let recipients: Vec<String> = match d.conversations.get(&call.conversation) {
                 Some(c) => c.members.keys().cloned().collect(),
@@ -238,14 +243,17 @@ impl Chat {
     /// Sends `s` to `user`'s `device` if it is connected (at QoS 1, kept
     /// in memory only).
     fn to_device(&self, user: &str, device: &str, s: &proto::CallSignal) {
+        self.send_down(user, device, proto::down::Kind::Call(s.clone()));
+    }
+
+    /// Sends `kind` to `user`'s `device` if it is connected (not stored).
+    pub(crate) fn send_down(&self, user: &str, device: &str, kind: proto::down::Kind) {
         let Ok(broker) = self.broker() else { return };
         let id = topics::client_id(user, device);
         if !broker.is_connected(&id) {
             return;
         }
-        let down = proto::Down {
-            kind: Some(proto::down::Kind::Call(s.clone())),
-        };
+        let down = proto::Down { kind: Some(kind) };
         let msg = Message {
             topic: topics::inbox(user, device),
             payload: Bytes::from(down.encode_to_vec()),

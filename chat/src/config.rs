@@ -50,6 +50,8 @@ pub struct ChatConfig {
     pub rate_limits: crate::limits::RateLimitConfig,
     /// Access tokens.
     pub tokens: TokenConfig,
+    /// `[chat.push]`: the push bridge (docs/PUSH.md).
+    pub push: push_bridge::PushConfig,
 }
 
 impl Default for ChatConfig {
@@ -73,6 +75,7 @@ impl Default for ChatConfig {
             ring_timeout_ms: 45_000,
             rate_limits: crate::limits::RateLimitConfig::default(),
             tokens: TokenConfig::default(),
+            push: push_bridge::PushConfig::default(),
         }
     }
 }

@@ -63,7 +63,12 @@ impl Chat {
         }
         c.last_seq = seq;
         c.last_ms = courier::message::unix_now() * 1000;
-        self.fan_out(conv, seq, entry, recipients)?;
+        let refs = self.fan_out(conv, seq, entry, recipients)?;
+        let pushable = matches!(
+            entry.kind,
+            StoredKind::Message(_) | StoredKind::Content { .. }
+        );
+        self.push_new(d, conv, &entry.sender, pushable, &refs);
         self.effects(conv, seq, entry, erase);
         logs.set_cursor(&conversation_log(conv), FANOUT, seq);
         Ok((seq, false))
@@ -75,16 +80,17 @@ impl Chat {
         seq: u64,
         entry: &StoredEntry,
         recipients: &[String],
-    ) -> Result<(), ChatError> {
+    ) -> Result<Vec<(String, u64)>, ChatError> {
         let broker = self.broker()?;
         let logs = broker.logs();
+        let mut refs = Vec::with_capacity(recipients.len());
         for u in recipients {
             let r = InboxRef {
                 conversation: conv.to_owned(),
                 seq,
                 from_device: (*u == entry.sender).then(|| entry.device.clone()),
             };
-            logs.append(
+            let a = logs.append(
                 &inbox_log(u),
                 vec![NewRecord {
                     id: None,
@@ -92,10 +98,13 @@ impl Chat {
                 }],
                 None,
             )?;
+            if let Some(pos) = a.seqs.first() {
+                refs.push((u.clone(), *pos));
+            }
         }
         self.metrics
             .inc(&self.metrics.inbox_refs, recipients.len() as u64);
-        Ok(())
+        Ok(refs)
     }
 
     /// Creates conversation `id` with `members`, its first entry saying so.
@@ -288,8 +297,8 @@ impl Chat {
                 missing.push(u);
             }
         }
-        self.fan_out(conv, r.seq, &entry, &missing)?;
-        // Its effects may not have landed either; they are idempotent.
+        self.fan_out(conv, r.seq, &entry, &missing)?; // pushes: the start-up scan
+                                                      // Its effects may not have landed either; they are idempotent.
         let erase = self.erase_list(conv, &entry.kind)?;
         self.effects(conv, r.seq, &entry, &erase);
         Ok(())

@@ -45,6 +45,8 @@ pub(crate) enum Event {
     Expired {
         conversation: String,
         seqs: Vec<u64>,
+        /// Whom to tell (default: the members now).
+        to: Option<Vec<String>>,
     },
     /// How one delivery ended.
     Report {
@@ -155,6 +157,7 @@ impl Deliveries {
             if !list.contains(&id) {
                 list.push(id.clone());
             }
+            self.chat.push_connected(&user, &device);
             self.pumps.insert(
                 id.clone(),
                 Pump {
@@ -174,7 +177,7 @@ impl Deliveries {
             let now = courier::message::unix_now_ms();
             let last = self.chat.presence.device_offline(&p.user, &id, now, grace);
             if let Ok(b) = self.chat.broker() {
-                Self::save(&b, &mut p);
+                Self::save(&self.chat, &b, &mut p);
                 if last {
                     // Durable with the next commit: last seen outlives a
                     // restart.
@@ -227,7 +230,11 @@ impl Deliveries {
                 seq,
                 outcome,
             } => self.report(client_id, inbox_seq, conversation, seq, outcome),
-            Event::Expired { conversation, seqs } => self.expired(conversation, seqs),
+            Event::Expired {
+                conversation,
+                seqs,
+                to,
+            } => self.expired(conversation, seqs, to),
             Event::Typing(t) => self.typing(t),
         }
     }
@@ -335,11 +342,13 @@ impl Deliveries {
 
     /// Tells the members' online devices that `seqs` of `conv` are gone
     /// (best effort: a device expires them itself by their expiry).
-    fn expired(&mut self, conversation: String, seqs: Vec<u64>) {
+    fn expired(&mut self, conversation: String, seqs: Vec<u64>, to: Option<Vec<String>>) {
         let Ok(broker) = self.chat.broker() else {
             return;
         };
-        let members: Vec<String> = {
+        let members: Vec<String> = if let Some(to) = to {
+            to
+        } else {
             let d = self.chat.dir.lock();
             match d.conversations.get(&conversation) {
                 Some(c) => c.members.keys().cloned().collect(),
@@ -498,12 +507,13 @@ impl Deliveries {
     }
 
     /// Saves `p`'s cursor if it moved (durable with the next commit).
-    fn save(broker: &courier::Broker, p: &mut Pump) {
+    fn save(chat: &Chat, broker: &courier::Broker, p: &mut Pump) {
         if p.cursor > p.saved {
             broker
                 .logs()
                 .set_cursor(&inbox_log(&p.user), &p.device, p.cursor);
             p.saved = p.cursor;
+            chat.push_acked(&p.user, &p.device, p.cursor);
         }
     }
 
@@ -514,7 +524,7 @@ impl Deliveries {
             return;
         };
         for p in self.pumps.values_mut() {
-            Self::save(&broker, p);
+            Self::save(&self.chat, &broker, p);
         }
         self.presence(&broker);
         // Calls that rang too long: their missed-call entries go out once

@@ -15,6 +15,10 @@ pub(crate) struct Device {
     pub revoked: bool,
     /// SHA-256 of its refresh token, if it has one.
     pub refresh: Option<Vec<u8>>,
+    /// Its push token.
+    pub push: Option<crate::push::PushReg>,
+    /// Why the server dropped its push token (told on its next connect).
+    pub push_dropped: Option<String>,
 }
 
 /// A user.
@@ -184,12 +188,35 @@ impl Directory {
                 let d = self.device_mut(user, device);
                 d.revoked = true;
                 d.refresh = None;
+                d.push = None;
             }
             DirRecord::RefreshToken { user, device, hash } => {
                 self.device_mut(user, device).refresh = Some(hash.clone());
             }
             DirRecord::RefreshRevoked { user, device } => {
                 self.device_mut(user, device).refresh = None;
+            }
+            DirRecord::PushToken {
+                user,
+                device,
+                target,
+                registered_ms,
+            } => {
+                let d = self.device_mut(user, device);
+                d.push = Some(crate::push::PushReg {
+                    target: target.clone(),
+                    registered_ms: *registered_ms,
+                });
+                d.push_dropped = None;
+            }
+            DirRecord::PushTokenDropped {
+                user,
+                device,
+                reason,
+            } => {
+                let d = self.device_mut(user, device);
+                d.push = None;
+                d.push_dropped = reason.clone();
             }
             DirRecord::UserDisabled { user, disabled } => {
                 self.users.entry(user.clone()).or_default().disabled = *disabled;

@@ -149,9 +149,11 @@ impl Chat {
         match self.erase_due(&due).await {
             Ok(gone) => {
                 for (conversation, seqs) in gone {
-                    let _ = self
-                        .events
-                        .send(delivery::Event::Expired { conversation, seqs });
+                    let _ = self.events.send(delivery::Event::Expired {
+                        conversation,
+                        seqs,
+                        to: None,
+                    });
                 }
                 Ok(due.len())
             }

@@ -41,6 +41,7 @@ mod inbox;
 mod limits;
 mod messages;
 mod presence;
+mod push;
 mod records;
 mod requests;
 mod retention;
@@ -84,6 +85,11 @@ pub struct Chat {
     limits: limits::Limits,
     /// Calls ringing or in progress.
     calls: calls::Calls,
+    /// The push bridge, if `[chat.push]` names an app.
+    push: OnceLock<push_bridge::bridge::Bridge>,
+    /// Each device's acknowledged inbox position, as last saved (for the
+    /// push bridge, before the commit makes it readable).
+    push_acks: Mutex<FxHashMap<String, u64>>,
 }
 
 macro_rules! chat_counters {
@@ -147,6 +153,8 @@ chat_counters! {
     typing,
     /// Typing indicators dropped by the rate limit.
     typing_dropped,
+    /// Push tokens dropped because the provider refused them.
+    push_tokens_removed,
 }
 
 impl Metrics {
@@ -227,6 +235,9 @@ pub enum StartError {
     /// The chat state could not be read back.
     #[error("chat state: {0}")]
     Recover(#[from] ChatError),
+    /// The push bridge could not start (a key, a setting).
+    #[error(transparent)]
+    Push(#[from] push_bridge::PushError),
 }
 
 /// A running broker with its chat layer.
@@ -285,6 +296,7 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         broker
             .claim_namespace(topics::PREFIX, Arc::new(requests::Handler(me.clone())))
             .map_err(courier::server::ServerError::from)?;
+        me.start_push()?;
         delivery::spawn(me.clone(), broker.feed(), rx);
         retention::spawn(me.clone());
         expiry::spawn(me.clone());
@@ -322,6 +334,8 @@ impl Chat {
             recent: messages::Recent::default(),
             limits,
             calls: calls::Calls::default(),
+            push: OnceLock::new(),
+            push_acks: Mutex::default(),
         }
     }
 

@@ -249,6 +249,20 @@ pub(crate) enum DirRecord {
     /// A device's refresh token revoked by an administrator (its access
     /// tokens stay valid until they expire).
     RefreshRevoked { user: String, device: String },
+    /// A device's push token (replaces the one before).
+    PushToken {
+        user: String,
+        device: String,
+        target: push_bridge::Target,
+        registered_ms: u64,
+    },
+    /// A device's push token dropped: by the device (`None`), or because
+    /// the provider refused it (its reason).
+    PushTokenDropped {
+        user: String,
+        device: String,
+        reason: Option<String>,
+    },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> bytes::Bytes {

@@ -482,6 +482,8 @@ impl Chat {
                     first_kept,
                 })))
             }
+            Op::RegisterPush(r) => self.register_push(user, device, r),
+            Op::UnregisterPush(_) => self.unregister_push(user, device),
             Op::MarkRead(mr) => {
                 let mut d = self.dir.lock();
                 let (c, _) = Chat::member_of(&d, &mr.conversation, user)?;
@@ -500,6 +502,7 @@ impl Chat {
                             m.delivered = m.delivered.max(upto);
                         }
                         drop(d);
+                        self.push_read(user, &mr.conversation);
                         let _ = self.events.send(delivery::Event::Watermark {
                             conversation: mr.conversation,
                             user: user.to_owned(),

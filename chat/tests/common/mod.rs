@@ -652,12 +652,17 @@ impl ChatProcess {
     /// Starts `courier` with its data in `data` and its token secret at
     /// `secret`; waits until it listens.
     pub fn start(data: &Path, secret: &Path, dir: &Path) -> ChatProcess {
+        Self::start_with(data, secret, dir, "")
+    }
+
+    /// As [`ChatProcess::start`], with more TOML at the end of the file.
+    pub fn start_with(data: &Path, secret: &Path, dir: &Path, extra: &str) -> ChatProcess {
         use std::io::BufRead;
         let conf = dir.join("courier.toml");
         std::fs::write(
             &conf,
             format!(
-                "data_dir = {:?}\n[chat.rate_limits]\nenabled = false\n[chat.tokens]\nsecret_file = {:?}\n",
+                "data_dir = {:?}\n[chat.rate_limits]\nenabled = false\n[chat.tokens]\nsecret_file = {:?}\n{extra}",
                 data.display().to_string(),
                 secret.display().to_string()
             ),
