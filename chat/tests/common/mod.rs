@@ -657,6 +657,17 @@ impl ChatProcess {
 
     /// As [`ChatProcess::start`], with more TOML at the end of the file.
     pub fn start_with(data: &Path, secret: &Path, dir: &Path, extra: &str) -> ChatProcess {
+        Self::start_at(data, secret, dir, extra, "127.0.0.1:0")
+    }
+
+    /// As [`ChatProcess::start_with`], listening on `listen`.
+    pub fn start_at(
+        data: &Path,
+        secret: &Path,
+        dir: &Path,
+        extra: &str,
+        listen: &str,
+    ) -> ChatProcess {
         use std::io::BufRead;
         let conf = dir.join("courier.toml");
         std::fs::write(
@@ -671,7 +682,7 @@ impl ChatProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
             .arg("-c")
             .arg(&conf)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
