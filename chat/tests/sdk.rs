@@ -378,7 +378,7 @@ async fn a_call_signal_goes_through_the_sdk() {
     let s = ChatServer::start(dir.path()).await;
     let addr = s.addr().to_string();
     let secret = dir.path().join("chat-secret");
-    let mut alice = client(&addr, "alice", "phone", dir.path(), &secret);
+    let alice = client(&addr, "alice", "phone", dir.path(), &secret);
     let mut bob = client(&addr, "bob", "phone", dir.path(), &secret);
     until(&mut bob, |e| (*e == Event::Connected).then_some(())).await;
     let id = alice.send_text(To::User("bob".into()), "call?").unwrap();
