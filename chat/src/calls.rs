@@ -159,12 +159,14 @@ impl Chat {
                 let ringing = call.answered.is_none();
                 calls.remove(&s.call_id);
                 drop(calls);
+                if ringing {
+                    self.push_ring_ended(&s.call_id);
+                }
                 match peer {
                     Some((u, d)) => self.to_device(&u, &d, &relay(stop(Reason::HungUp))),
                     // The caller gave up before an answer: stop the ringing.
                     None if ringing => {
-                        self.to_devices_of(&callee, None, &relay(stop(Reason::HungUp)));
-                        self.push_ring_ended(&s.call_id);
+                        self.to_devices_of(&callee, None, &relay(stop(Reason::HungUp)))
                     }
                     None => {}
                 }

@@ -296,6 +296,12 @@ pub async fn start(config: Config, chat: ChatConfig) -> Result<Running, StartErr
         broker
             .claim_namespace(topics::PREFIX, Arc::new(requests::Handler(me.clone())))
             .map_err(courier::server::ServerError::from)?;
+        // What recovery completed must be committed before the push
+        // bridge reads the inboxes.
+        broker
+            .durable()
+            .await
+            .map_err(|e| ChatError::Unavailable(e.to_string()))?;
         me.start_push()?;
         delivery::spawn(me.clone(), broker.feed(), rx);
         retention::spawn(me.clone());

@@ -1,9 +1,9 @@
 //! The chat side of the push bridge (`courier-push-bridge`): devices
 //! register push tokens (stored in the directory); each inbox entry that
 //! may need a push is handed to the bridge, which asks back when it falls
-//! due ([`Source::prepare`]): the answer is read from the durable inbox
-//! and the device's saved cursor, so an entry acknowledged in time, read
-//! on another device or muted gets no push, and nothing depends on an
+//! due ([`Source::prepare`]): the answer is read from the durable inbox,
+//! the device's saved cursor and the user's read watermark, so an entry
+//! acknowledged in time, read on another device or muted gets no push, and nothing depends on an
 //! event that a crash could lose: at start-up every device's
 //! unacknowledged entries are handed over again (a repeat carries the same
 //! collapse id, so the phone shows it once). Calls ring sleeping devices
@@ -94,6 +94,22 @@ impl Chat {
                 "a push token is 1 to {MAX_TOKEN} bytes"
             )));
         }
+        let apns = r.platform == proto::register_push::Platform::Apns as i32;
+        let ok = if apns {
+            // Apple's device tokens are hex; it goes into the request's path.
+            r.token.len() <= 200
+                && r.token.len().is_multiple_of(2)
+                && r.token.bytes().all(|b| b.is_ascii_hexdigit())
+        } else {
+            r.token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'))
+        };
+        if !ok {
+            return Err(ChatError::BadRequest(
+                "not a push token (APNs: hex; FCM: letters, digits, - _ : .)".into(),
+            ));
+        }
         let target = match proto::register_push::Platform::try_from(r.platform) {
             Ok(proto::register_push::Platform::Apns) => Target::Apns {
                 topic: r.app,
@@ -178,22 +194,6 @@ impl Chat {
             self.push_acks
                 .lock()
                 .insert(topics::client_id(user, device), cursor);
-        }
-    }
-
-    /// `user` read `conv`: pushes waiting for it go no more on any of the
-    /// user's devices.
-    pub(crate) fn push_read(&self, user: &str, conv: &str) {
-        let Some(bridge) = self.bridge() else { return };
-        let devices: Vec<String> = self
-            .dir
-            .lock()
-            .users
-            .get(user)
-            .map(|u| u.devices.keys().cloned().collect())
-            .unwrap_or_default();
-        for dev in devices {
-            bridge.cancel(&topics::client_id(user, &dev), conv, u64::MAX);
         }
     }
 

@@ -502,7 +502,6 @@ impl Chat {
                             m.delivered = m.delivered.max(upto);
                         }
                         drop(d);
-                        self.push_read(user, &mr.conversation);
                         let _ = self.events.send(delivery::Event::Watermark {
                             conversation: mr.conversation,
                             user: user.to_owned(),

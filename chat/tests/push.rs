@@ -194,8 +194,9 @@ async fn a_device_that_acknowledges_in_time_gets_no_push_and_the_sender_none() {
     let mut carol = Phone::connect(&s, "carol", "phone").await;
     register(&mut bob, Platform::Apns, APP, BOB).await;
     register(&mut carol, Platform::Apns, APP, CAROL).await;
-    register(&mut alice, Platform::Apns, APP, &"a1".repeat(32)).await;
-    drop(carol);
+    let mut tablet = Phone::connect(&s, "alice", "tablet").await;
+    register(&mut tablet, Platform::Apns, APP, &"a1".repeat(32)).await;
+    drop((carol, tablet));
     // bob is awake: he gets the message and acknowledges it at once.
     alice
         .send_text(To::User("bob"), "1", "hi bob")
@@ -289,6 +290,24 @@ async fn a_muted_conversation_pushes_only_for_a_mention_and_reading_elsewhere_ca
         got.iter().all(|r| r.headers["apns-collapse-id"] != other),
         "read elsewhere, not pushed: {got:#?}"
     );
+    // A partial read: what was not read still pushes.
+    let (p1, _) = alice
+        .send_text(To::Conversation(&other), "4", "p1")
+        .await
+        .unwrap();
+    let (p2, _) = alice
+        .send_text(To::Conversation(&other), "5", "p2")
+        .await
+        .unwrap();
+    laptop
+        .ok(Op::MarkRead(proto::MarkRead {
+            conversation: other.clone(),
+            seq: p1,
+        }))
+        .await;
+    let got = nth_push(&apns, BOB, 4).await;
+    assert_eq!(got[3].headers["apns-collapse-id"], other);
+    assert_eq!(got[3].body["s"], p2, "for the unread one: {got:#?}");
     s.stop().await;
 }
 
@@ -351,7 +370,7 @@ async fn an_invalidated_token_is_dropped_and_the_device_is_told() {
 }
 
 #[tokio::test]
-async fn a_call_rings_a_sleeping_phone_at_once_and_stops_when_hung_up() {
+async fn a_call_rings_a_sleeping_phone_at_once_and_its_end_is_no_voip_push() {
     let dir = tempfile::tempdir().unwrap();
     let fdir = tempfile::tempdir().unwrap();
     let apns = FakeApns::start(fdir.path(), APP, 0).await.unwrap();
@@ -401,9 +420,23 @@ async fn a_call_rings_a_sleeping_phone_at_once_and_stops_when_hung_up() {
             None,
         )
         .await;
+    // iOS must report every VoIP push as a call: the end is not pushed.
+    // The sentinel: the next call's ring is the next push.
+    alice
+        .publish(
+            courier_chat::topics::CALL,
+            call(
+                "k2",
+                Signal::Ring(proto::Ring {
+                    video: false,
+                    ..Default::default()
+                }),
+            ),
+            None,
+        )
+        .await;
     let got = nth_push(&apns, BOB, 2).await;
-    assert_eq!(got[1].body["call"], "k1");
-    assert_eq!(got[1].body["ended"], true);
+    assert_eq!(got[1].body["call"], "k2", "{got:#?}");
     s.stop().await;
 }
 

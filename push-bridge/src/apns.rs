@@ -21,6 +21,8 @@ pub const MAX_PAYLOAD: usize = 4096;
 pub const MAX_COLLAPSE_ID: usize = 64;
 /// How long a provider token is used.
 const TOKEN_LIFE: Duration = Duration::from_secs(50 * 60);
+/// How long a send may take before it counts as failed (and is retried).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a chat push may wait in Apple's store for an offline phone.
 const MESSAGE_TTL_SECS: u64 = 24 * 3600;
 
@@ -159,11 +161,12 @@ impl ApnsClient {
     }
 
     /// The provider token: the cached one, or a new one once it is 50
-    /// minutes old (or Apple said it expired: `renew`).
-    fn provider_token(&self, renew: bool) -> Result<String, PushError> {
+    /// minutes old or Apple refused it (`refused`; a send that saw another
+    /// token refused uses the one a concurrent send made since).
+    fn provider_token(&self, refused: Option<&str>) -> Result<String, PushError> {
         let mut t = self.token.lock();
         if let Some((tok, at)) = &*t {
-            if !renew && at.elapsed() < TOKEN_LIFE {
+            if refused != Some(tok.as_str()) && at.elapsed() < TOKEN_LIFE {
                 return Ok(tok.clone());
             }
         }
@@ -194,10 +197,10 @@ impl ApnsClient {
             &self.production
         };
         let url = format!("{base}/3/device/{token}");
-        let mut renew = false;
+        let mut refused: Option<String> = None;
         // A second try only when Apple says the provider token expired.
         for _ in 0..2 {
-            let jwt = match self.provider_token(renew) {
+            let jwt = match self.provider_token(refused.as_deref()) {
                 Ok(t) => t,
                 Err(e) => {
                     return Outcome::Fatal {
@@ -224,11 +227,17 @@ impl ApnsClient {
                     }
                 }
             };
-            let resp = match self.client.request(req).await {
-                Ok(r) => r,
-                Err(e) => {
+            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
                     return Outcome::Retryable {
                         reason: format!("connection: {e}"),
+                        retry_after_ms: None,
+                    }
+                }
+                Err(_) => {
+                    return Outcome::Retryable {
+                        reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
                         retry_after_ms: None,
                     }
                 }
@@ -247,7 +256,7 @@ impl ApnsClient {
             let (reason, timestamp) = reason_of(&body);
             match outcome(status, &reason, timestamp, retry_after) {
                 Some(o) => return o,
-                None => renew = true,
+                None => refused = Some(jwt),
             }
         }
         Outcome::Retryable {

@@ -374,7 +374,11 @@ impl Task {
                 self.send_call(device, target, notification);
             }
             Command::RingEnded { call_id } => {
-                for target in self.rings.remove(&call_id).unwrap_or_default() {
+                // Not to iOS: every VoIP push must be reported to CallKit
+                // as a call; the app learns the end from the server when
+                // the ring push makes it connect.
+                let rung = self.rings.remove(&call_id).unwrap_or_default();
+                for target in rung.into_iter().filter(|t| matches!(t, Target::Fcm { .. })) {
                     let n = Notification::CallEnded {
                         call_id: call_id.clone(),
                     };
@@ -429,7 +433,9 @@ impl Task {
     }
 
     fn done(&mut self, d: Done, now: u64) {
-        let jitter = (unix_ms() % 1000) as f64 / 1000.0;
+        let mut r = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r);
+        let jitter = f64::from(u32::from_le_bytes(r)) / (f64::from(u32::MAX) + 1.0);
         let outcome = d.sent.as_ref().map(|(_, o)| o);
         let next = self.schedule.done(&d.key, d.upto, outcome, now, jitter);
         let Some((target, o)) = d.sent else {

@@ -19,6 +19,8 @@ use crate::{Notification, Outcome, PushError, Target};
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// The assertion's grant type.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// How long a request may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Google's limit on a message's payload.
 pub const MAX_PAYLOAD: usize = 4096;
 
@@ -185,10 +187,12 @@ impl FcmClient {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), Outcome> {
-        let resp = self
-            .client
-            .request(req)
+        let resp = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(req))
             .await
+            .map_err(|_| Outcome::Retryable {
+                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
+                retry_after_ms: None,
+            })?
             .map_err(|e| Outcome::Retryable {
                 reason: format!("connection: {e}"),
                 retry_after_ms: None,

@@ -98,8 +98,18 @@ impl Schedule {
     pub fn message(&mut self, key: Key, seq: u64, now: u64) -> bool {
         let slot = self.slots.entry(key.clone()).or_default();
         let coalesced = slot.newest > 0 || slot.in_flight;
+        let was_empty = slot.newest == 0;
         slot.newest = slot.newest.max(seq);
-        if slot.due_at.is_some() || slot.in_flight {
+        if slot.in_flight {
+            return true;
+        }
+        if let Some(at) = slot.due_at {
+            // Only the window's timer was set: the device still gets its
+            // due time to acknowledge.
+            if was_empty {
+                let at = at.max(now + self.due_ms);
+                self.set_due(&key, Some(at));
+            }
             return true;
         }
         let window_end = slot.last_sent_ms.map_or(0, |t| t + self.window_ms);
@@ -363,5 +373,17 @@ mod tests {
         s.message(key("b"), 2, 3001);
         assert_eq!(s.done(&key("b"), 1, None, 3002, 0.0), Next::GivenUp);
         assert_eq!(s.poll(3002)[0].upto, 2);
+    }
+
+    #[test]
+    fn a_message_just_before_a_window_closes_still_gets_its_due_time() {
+        let mut s = schedule();
+        s.message(key("a"), 1, 0);
+        s.poll(3000);
+        s.done(&key("a"), 1, Some(&Outcome::Delivered), 3000, 0.0);
+        // The window closes at 13,000; this one came at 12,900.
+        s.message(key("a"), 2, 12_900);
+        assert!(s.poll(13_000).is_empty(), "not at the window's end");
+        assert_eq!(s.poll(15_900)[0].upto, 2);
     }
 }
