@@ -447,7 +447,12 @@ async fn fcm_gets_a_data_message_and_a_retry_honours_retry_after() {
     let fcm = FakeFcm::start(fdir.path(), "courier-test", 0)
         .await
         .unwrap();
-    let s = server(dir.path(), push_config(None, Some(&fcm), 200, 500)).await;
+    let push = push_config(None, Some(&fcm), 200, 500);
+    let s = ChatServer::with(dir.path(), move |c, chat| {
+        c.admin.bind = Some("127.0.0.1:0".into());
+        chat.push = push.clone();
+    })
+    .await;
     let mut alice = Phone::connect(&s, "alice", "phone").await;
     let mut bob = Phone::connect(&s, "bob", "phone").await;
     register(&mut bob, Platform::Fcm, "courier-test", "fcm-bob").await;
@@ -488,6 +493,40 @@ async fn fcm_gets_a_data_message_and_a_retry_honours_retry_after() {
     assert_eq!(m["android"]["priority"], "HIGH");
     assert_eq!(m["android"]["collapse_key"], conv.unwrap().as_str());
     assert_opaque(retry, &["secret", "alice"]);
+
+    // The bridge's metrics on the admin listener's /metrics.
+    let admin = s.running.server.admin_addr.expect("admin listener");
+    let key = std::fs::read_to_string(dir.path().join("data/admin.key")).unwrap();
+    // Counted once the provider's answer is in (a moment after the fake
+    // recorded the request).
+    let scrape = || async {
+        reqwest::Client::new()
+            .get(format!("http://{admin}/metrics"))
+            .bearer_auth(key.trim())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+    let mut text = scrape().await;
+    while !(text.contains("courier_push_sent_total 1") && text.contains("courier_push_pending 0")) {
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape().await;
+    }
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(value("courier_push_queued_total"), 1.0);
+    assert_eq!(value("courier_push_sent_total"), 1.0);
+    assert_eq!(value("courier_push_failed_rate_limited_total"), 1.0);
+    assert_eq!(value("courier_push_pending"), 0.0);
+    assert!(value("courier_push_send_seconds_count") >= 2.0);
     s.stop().await;
 }
 
