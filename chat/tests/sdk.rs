@@ -412,3 +412,78 @@ async fn a_call_signal_goes_through_the_sdk() {
     bob.close().await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_sdk_connects_over_tls_and_refuses_a_server_it_cannot_verify() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (cert_path, key_path, ca_path) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (c2, k2) = (cert_path.clone(), key_path.clone());
+    let s = ChatServer::with(dir.path(), move |c, _| {
+        c.listeners.push(courier::config::ListenerConfig {
+            kind: courier::config::ListenerKind::Tls,
+            bind: "127.0.0.1:0".into(),
+            cert: Some(c2.clone()),
+            key: Some(k2.clone()),
+        })
+    })
+    .await;
+    let port = s
+        .running
+        .server
+        .addr(courier::config::ListenerKind::Tls)
+        .unwrap()
+        .port();
+    let url = format!("tls://localhost:{port}");
+    let secret = dir.path().join("chat-secret");
+    let tokens = Arc::new(tokens_at(&secret));
+    let tls_client = |user: &str, ca: Option<std::path::PathBuf>| {
+        let (t, u) = (tokens.clone(), user.to_owned());
+        let mut config = ClientConfig::new(&url, user, "phone", dir.path().join(user), move || {
+            let (t, u) = (t.clone(), u.clone());
+            async move {
+                let now = courier::message::unix_now();
+                Ok(Token {
+                    value: t.mint(&u, "phone", now, 3600).map_err(|e| e.to_string())?,
+                    expires_at: None,
+                })
+            }
+        });
+        config.tls_ca = ca;
+        config.backoff_min = Duration::from_millis(50);
+        config.backoff_max = Duration::from_millis(200);
+        Client::connect(config).unwrap()
+    };
+    // Without the CA: the server is not trusted.
+    let mut stranger = tls_client("eve", None);
+    let why = until(&mut stranger, |e| match e {
+        Event::Disconnected { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(why.contains("TLS"), "{why}");
+    stranger.close().await;
+    let mut bob = tls_client("bob", Some(ca_path.clone()));
+    until(&mut bob, |e| (*e == Event::Connected).then_some(())).await;
+    let alice = tls_client("alice", Some(ca_path));
+    alice.send_text(To::User("bob".into()), "over TLS").unwrap();
+    assert_eq!(until(&mut bob, text_of).await, "over TLS");
+    alice.close().await;
+    bob.close().await;
+    s.stop().await;
+}

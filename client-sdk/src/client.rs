@@ -33,8 +33,10 @@ pub type TokenProvider =
 /// How to connect.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// The broker's MQTT address, `host:port` (plain TCP).
+    /// The broker's MQTT address: `host:port` (TCP) or `tls://host:port`.
     pub server: String,
+    /// A CA (PEM) to trust for TLS besides the public roots.
+    pub tls_ca: Option<PathBuf>,
     /// The user id.
     pub user: String,
     /// This device's id (unique among the user's devices).
@@ -68,6 +70,7 @@ impl ClientConfig {
     {
         ClientConfig {
             server: server.to_owned(),
+            tls_ca: None,
             user: user.to_owned(),
             device: device.to_owned(),
             data_dir: data_dir.into(),

@@ -57,8 +57,54 @@ enum End {
     Closed(oneshot::Sender<()>),
 }
 
+/// A byte stream to the broker: TCP, or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Opens the stream `server` names: `host:port` (TCP) or
+/// `tls://host:port` (TLS, checked against the public roots and the
+/// configured CA).
+async fn open(config: &ClientConfig) -> Result<Box<dyn Stream>, String> {
+    let (tls, addr) = match config.server.strip_prefix("tls://") {
+        Some(a) => (true, a),
+        None => (false, config.server.as_str()),
+    };
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &config.tls_ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("server name: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Box::new(stream))
+}
+
 struct Conn {
-    sock: TcpStream,
+    sock: Box<dyn Stream>,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -170,11 +216,10 @@ async fn session(
         Ok(t) => t,
         Err(e) => return End::Retry(format!("no access token: {e}")),
     };
-    let sock = match TcpStream::connect(&config.server).await {
+    let sock = match open(config).await {
         Ok(s) => s,
-        Err(e) => return End::Retry(format!("connect: {e}")),
+        Err(e) => return End::Retry(e),
     };
-    let _ = sock.set_nodelay(true);
     let mut c = Conn {
         sock,
         rbuf: BytesMut::with_capacity(16 * 1024),
